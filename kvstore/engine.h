@@ -1,0 +1,120 @@
+// The wavekv engine: sessions of many tenants, their K/V in host memory in
+// the cluster-major slot layout, and retrieval. A plain C++ library with
+// absl::Status results: the gRPC service (transport/) is a thin layer over
+// it, and a worker process can link it directly (co-located mode).
+//
+// Error contract (shared with the wire API): a failing call changes no
+// state and returns a canonical code whose message names the field, using
+// the proto's field names, e.g. "layers[1].keys: expected 4096 bytes, got 10".
+//  - InvalidArgument: malformed input;  NotFound: unknown session, or a
+//    session of another tenant (indistinguishable on purpose);
+//  - FailedPrecondition: valid input that does not fit the current state;
+//  - ResourceExhausted: memory budget, session/token limits;
+//  - Unavailable: WAVE retrieval on a layer whose index is not ready.
+//
+// Thread-safe: every method may be called concurrently from any thread.
+//
+// Example:
+//   ASSIGN_OR_RETURN(auto engine, Engine::Open(EngineOptions{}));
+//   ASSIGN_OR_RETURN(SessionInfo s, engine->CreateSession("t1", opts));
+//   ASSIGN_OR_RETURN(AppendResult r, engine->Append("t1", s.session_id, layers));
+#ifndef WAVEKV_KVSTORE_ENGINE_H_
+#define WAVEKV_KVSTORE_ENGINE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kvstore/types.h"
+
+namespace wavekv {
+
+struct EngineOptions {
+  // Host memory all sessions' K/V may hold, in bytes. Appends beyond it fail
+  // with ResourceExhausted. >= 1 MiB.
+  uint64_t memory_budget_bytes = 8ull << 30;
+  // Sessions alive at once (all tenants). >= 1.
+  uint32_t max_sessions = 4096;
+  // Sessions alive at once per tenant. >= 1.
+  uint32_t max_sessions_per_tenant = 1024;
+  // Default and maximum of SessionOptions::max_tokens (per layer). >= 1.
+  uint64_t max_tokens_per_session = 4ull << 20;
+  // Retrieve with include_kv fails with ResourceExhausted beyond this many
+  // K+V bytes in one answer. >= 0.
+  uint64_t max_inline_kv_bytes = 16ull << 20;
+  // Retrieve batch limit (sessions per call). 1..4096.
+  uint32_t max_batch_sessions = 256;
+
+  absl::Status Validate() const;
+};
+
+// Aggregate gauges for metrics. Cheap; a consistent-enough snapshot.
+struct EngineStats {
+  uint64_t sessions = 0;
+  uint64_t memory_bytes = 0;  // K/V bytes held by all sessions
+  uint64_t memory_budget_bytes = 0;
+  uint64_t tokens = 0;        // sum over sessions of num_tokens * num_layers
+};
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Open(
+      const EngineOptions& options);
+
+  virtual ~Engine() = default;
+
+  // Creates a session owned by `tenant`. Fails with InvalidArgument on bad
+  // options and ResourceExhausted over session limits.
+  virtual absl::StatusOr<SessionInfo> CreateSession(
+      const TenantId& tenant, const SessionOptions& options) = 0;
+
+  // Appends K/V to one or more layers, atomically: either every layer of
+  // the request is applied or none. Each layer's start_token must equal that
+  // layer's current length (FailedPrecondition otherwise). `durability`
+  // overrides the session level when set.
+  virtual absl::StatusOr<AppendResult> Append(
+      const TenantId& tenant, const std::string& session_id,
+      absl::Span<const LayerAppend> layers,
+      std::optional<Durability> durability = std::nullopt) = 0;
+
+  // Answers one query per session at one layer. In kExact mode every stored
+  // token of the layer is one SlotRange per kv head and `steady` is empty.
+  // Fails as a whole if any query is invalid (message names
+  // "queries[i]...").
+  virtual absl::StatusOr<std::vector<SessionResult>> Retrieve(
+      const TenantId& tenant, const RetrieveOptions& options,
+      absl::Span<const RetrieveQuery> queries) = 0;
+
+  // Streams the K/V of the requested slot ranges to `sink`, each range cut
+  // into chunks of at most max_chunk_bytes (K+V). Validation of the whole
+  // request happens before the first chunk. If `sink` returns false the
+  // fetch stops with Cancelled. The session is not locked while `sink` runs.
+  virtual absl::Status FetchSlots(
+      const TenantId& tenant, const FetchRequest& request,
+      const std::function<bool(SlotChunk&&)>& sink) = 0;
+
+  virtual absl::StatusOr<SessionInfo> GetSession(
+      const TenantId& tenant, const std::string& session_id) = 0;
+
+  // The tenant's sessions ordered by id; page_size 0 = 100, at most 1000.
+  virtual absl::StatusOr<SessionPage> ListSessions(
+      const TenantId& tenant, uint32_t page_size,
+      const std::string& page_token) = 0;
+
+  // Closes the session and frees its memory; returns the bytes freed.
+  virtual absl::StatusOr<uint64_t> CloseSession(
+      const TenantId& tenant, const std::string& session_id) = 0;
+
+  virtual EngineStats Stats() const = 0;
+  virtual const EngineOptions& options() const = 0;
+};
+
+}  // namespace wavekv
+
+#endif  // WAVEKV_KVSTORE_ENGINE_H_
