@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
@@ -42,6 +43,8 @@ struct LogField {
       : key(k), value(std::string_view(v)) {}
   LogField(std::string_view k, const std::string& v)
       : key(k), value(std::string_view(v)) {}
+  LogField(std::string_view k, absl::string_view v)
+      : key(k), value(std::string_view(v.data(), v.size())) {}
   LogField(std::string_view k, bool v) : key(k), value(v) {}
   LogField(std::string_view k, double v) : key(k), value(v) {}
   LogField(std::string_view k, int v) : key(k), value(int64_t{v}) {}
