@@ -1,0 +1,215 @@
+#include "tests/answer_checks.h"
+
+#include <algorithm>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+
+namespace wavekv::testing {
+namespace {
+
+absl::Status Mismatch(const std::string& where, const std::string& what) {
+  return absl::InternalError(absl::StrCat(where, ": ", what));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<HeadData>> CheckExactResult(
+    const v1::SessionResult& result, const KvPattern& pattern, uint32_t layer,
+    bool include_kv) {
+  const v1::ModelShape& shape = pattern.shape();
+  const uint64_t row_bytes = RowBytes(shape);
+  const uint64_t n = result.num_tokens();
+  const std::string where =
+      absl::StrCat("session ", result.session_id(), " layer ", layer);
+  if (!result.steady().empty()) {
+    return Mismatch(where, "EXACT answer has steady ranges");
+  }
+  if (result.heads_size() != static_cast<int>(shape.num_kv_heads())) {
+    return Mismatch(where, absl::StrCat("expected ", shape.num_kv_heads(),
+                                        " heads, got ", result.heads_size()));
+  }
+  std::vector<HeadData> out;
+  for (uint32_t h = 0; h < shape.num_kv_heads(); ++h) {
+    const v1::KvHeadResult& head = result.heads(h);
+    const std::string hw = absl::StrCat(where, " heads[", h, "]");
+    if (head.kv_head() != h) {
+      return Mismatch(hw, absl::StrCat("kv_head ", head.kv_head()));
+    }
+    if (!head.tail().empty()) return Mismatch(hw, "EXACT answer has tails");
+    // Ranges: >= 1 slot each, disjoint, num_tokens slots in all.
+    std::vector<std::pair<uint64_t, uint64_t>> spans;
+    uint64_t total = 0;
+    for (const v1::SlotRange& r : head.retrieval()) {
+      if (r.num_slots() == 0) return Mismatch(hw, "range of 0 slots");
+      spans.emplace_back(r.first_slot(), r.first_slot() + r.num_slots());
+      total += r.num_slots();
+    }
+    if (total != n) {
+      return Mismatch(
+          hw, absl::StrCat("ranges hold ", total, " slots, num_tokens is ", n));
+    }
+    std::sort(spans.begin(), spans.end());
+    for (size_t i = 1; i < spans.size(); ++i) {
+      if (spans[i].first < spans[i - 1].second) {
+        return Mismatch(
+            hw, absl::StrCat("ranges overlap at slot ", spans[i].first));
+      }
+    }
+    if (!include_kv) {
+      if (!head.keys().empty() || !head.values().empty()) {
+        return Mismatch(hw, "inline K/V without include_kv");
+      }
+      continue;
+    }
+    if (head.keys().size() != n * row_bytes ||
+        head.values().size() != n * row_bytes) {
+      return Mismatch(
+          hw,
+          absl::StrCat("inline keys/values of ", head.keys().size(), "/",
+                       head.values().size(), " bytes, want ", n * row_bytes));
+    }
+    // Rows identify tokens: recover each slot's position from its key row.
+    absl::flat_hash_map<std::string, uint64_t> position_of;
+    position_of.reserve(n);
+    for (uint64_t p = 0; p < n; ++p) {
+      position_of.emplace(pattern.Row(KvKind::kKeys, layer, p, h), p);
+    }
+    HeadData data;
+    data.kv_head = h;
+    data.keys = head.keys();
+    data.values = head.values();
+    std::vector<bool> seen(n, false);
+    for (uint64_t s = 0; s < n; ++s) {
+      const std::string key = head.keys().substr(s * row_bytes, row_bytes);
+      auto it = position_of.find(key);
+      if (it == position_of.end()) {
+        return Mismatch(
+            hw, absl::StrCat("slot ", s, ": key row is no appended token's"));
+      }
+      const uint64_t p = it->second;
+      if (seen[p]) {
+        return Mismatch(hw, absl::StrCat("token ", p, " appears twice"));
+      }
+      seen[p] = true;
+      if (head.values().compare(s * row_bytes, row_bytes,
+                                pattern.Row(KvKind::kValues, layer, p, h)) !=
+          0) {
+        return Mismatch(hw, absl::StrCat("slot ", s, " (token ", p,
+                                         "): value row differs"));
+      }
+      data.positions.push_back(p);
+    }
+    out.push_back(std::move(data));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<HeadData>> CheckFetchedChunks(
+    const v1::FetchClustersRequest& request,
+    const std::vector<v1::ClusterChunk>& chunks, const KvPattern& pattern,
+    uint64_t position_limit) {
+  const uint64_t row_bytes = RowBytes(pattern.shape());
+  const uint64_t max_chunk =
+      request.max_chunk_bytes() == 0 ? (1u << 20) : request.max_chunk_bytes();
+  const uint32_t layer = request.layer();
+  size_t next = 0;
+  std::vector<HeadData> out;
+  for (int hi = 0; hi < request.heads_size(); ++hi) {
+    const v1::HeadSlots& head = request.heads(hi);
+    HeadData data;
+    data.kv_head = head.kv_head();
+    for (int ri = 0; ri < head.ranges_size(); ++ri) {
+      const v1::SlotRange& range = head.ranges(ri);
+      const std::string rw = absl::StrCat("heads[", hi, "].ranges[", ri, "]");
+      uint64_t slot = range.first_slot();
+      const uint64_t end = range.first_slot() + range.num_slots();
+      while (slot < end) {
+        if (next >= chunks.size()) {
+          return Mismatch(rw,
+                          absl::StrCat("stream ended at slot ", slot, " of [",
+                                       range.first_slot(), ", ", end, ")"));
+        }
+        const v1::ClusterChunk& c = chunks[next];
+        const std::string cw = absl::StrCat(rw, " chunk ", next);
+        ++next;
+        if (c.kv_head() != head.kv_head() ||
+            c.cluster_id() != range.cluster_id() || c.first_slot() != slot) {
+          return Mismatch(
+              cw, absl::StrCat("got kv_head ", c.kv_head(), " cluster ",
+                               c.cluster_id(), " first_slot ", c.first_slot(),
+                               ", want ", head.kv_head(), "/",
+                               range.cluster_id(), "/", slot));
+        }
+        if (c.num_slots() == 0 || slot + c.num_slots() > end) {
+          return Mismatch(
+              cw, absl::StrCat("num_slots ", c.num_slots(), " from slot ", slot,
+                               " overruns the range end ", end));
+        }
+        const uint64_t bytes = uint64_t{c.num_slots()} * row_bytes;
+        if (c.keys().size() != bytes || c.values().size() != bytes) {
+          return Mismatch(
+              cw, absl::StrCat("keys/values ", c.keys().size(), "/",
+                               c.values().size(), " bytes, want ", bytes));
+        }
+        if (2 * bytes > max_chunk && c.num_slots() > 1) {
+          return Mismatch(
+              cw, absl::StrCat("K+V of ", 2 * bytes,
+                               " bytes exceeds max_chunk_bytes ", max_chunk));
+        }
+        if (c.positions_size() != static_cast<int>(c.num_slots())) {
+          return Mismatch(cw,
+                          absl::StrCat(c.positions_size(), " positions for ",
+                                       c.num_slots(), " slots"));
+        }
+        for (uint32_t i = 0; i < c.num_slots(); ++i) {
+          const uint64_t p = c.positions(i);
+          if (p >= position_limit) {
+            return Mismatch(
+                cw, absl::StrCat("position ", p, " >= ", position_limit));
+          }
+          if (c.keys().compare(
+                  i * row_bytes, row_bytes,
+                  pattern.Row(KvKind::kKeys, layer, p, head.kv_head())) != 0) {
+            return Mismatch(cw, absl::StrCat("slot ", slot + i, " (token ", p,
+                                             "): key row differs"));
+          }
+          if (c.values().compare(i * row_bytes, row_bytes,
+                                 pattern.Row(KvKind::kValues, layer, p,
+                                             head.kv_head())) != 0) {
+            return Mismatch(cw, absl::StrCat("slot ", slot + i, " (token ", p,
+                                             "): value row differs"));
+          }
+          data.positions.push_back(p);
+        }
+        data.keys += c.keys();
+        data.values += c.values();
+        slot += c.num_slots();
+      }
+    }
+    out.push_back(std::move(data));
+  }
+  if (next != chunks.size()) {
+    return Mismatch("stream", absl::StrCat(chunks.size() - next,
+                                           " chunks beyond the request"));
+  }
+  return out;
+}
+
+v1::FetchClustersRequest FetchRequestFor(const v1::SessionResult& result,
+                                         uint32_t layer,
+                                         uint32_t max_chunk_bytes) {
+  v1::FetchClustersRequest request;
+  request.set_session_id(result.session_id());
+  request.set_layer(layer);
+  request.set_layout_epoch(result.layout_epoch());
+  request.set_max_chunk_bytes(max_chunk_bytes);
+  for (const v1::KvHeadResult& head : result.heads()) {
+    v1::HeadSlots* hs = request.add_heads();
+    hs->set_kv_head(head.kv_head());
+    *hs->mutable_ranges() = head.retrieval();
+  }
+  return request;
+}
+
+}  // namespace wavekv::testing
