@@ -1,0 +1,247 @@
+// Split-K flash-decoding kernels (see decode_attention.h for the contract).
+//
+// Split kernel: grid (num_splits, num_kv_heads); each block serves the whole
+// GQA group of one kv head, so every K/V byte of its token chunk is read
+// from memory once. A token's head_dim elements are read by a group of
+// kLanes = head_dim / 8 threads (16-byte loads of 8 half/bf16 elements);
+// a warp covers 32 / kLanes tokens per step. Each thread keeps an online
+// softmax (running max, denominator, its 8 numerator dims) per q head of the
+// group; the block then reduces across token groups in shared memory and
+// writes one partial per (q head, split). Merge kernel: one block per q head
+// combines the splits with a log-sum-exp rescale.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+
+#include "index/cuda/decode_attention_raw.h"
+
+namespace wavekv::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kMaxGroup = 8;  // q heads per kv head served by one block
+
+template <typename T>
+struct Vec8;  // 8 elements in 16 bytes, converted to float
+
+template <>
+struct Vec8<__half> {
+  static __device__ void Load(const void* p, float* out) {
+    uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float2 f = __half22float2(h[i]);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
+};
+
+template <>
+struct Vec8<__nv_bfloat16> {
+  static __device__ void Load(const void* p, float* out) {
+    uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float2 f = __bfloat1622float2(h[i]);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
+};
+
+template <>
+struct Vec8<float> {
+  static __device__ void Load(const void* p, float* out) {
+    const float4* f = reinterpret_cast<const float4*>(p);
+    float4 a = f[0], b = f[1];
+    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+  }
+};
+
+// One partial per (q head, split) in scratch: [max, den, num[D]].
+template <int D>
+__device__ __forceinline__ float* SplitSlot(float* scratch, int q_head,
+                                            int split, int max_splits) {
+  return scratch + (static_cast<int64_t>(q_head) * max_splits + split) * (D + 2);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+    SplitKernel(DecodeAttentionArgs a, int num_splits, int64_t chunk) {
+  constexpr int kLanes = D / 8;            // threads per token
+  constexpr int kTokGroups = kThreads / kLanes;  // tokens per block step
+  const int kv = blockIdx.y;
+  const int split = blockIdx.x;
+  const int group = a.num_q_heads / a.num_kv_heads;
+  const int lane = threadIdx.x % kLanes;
+  const int tg = threadIdx.x / kLanes;
+  const int64_t begin = split * chunk;
+  const int64_t end = min(a.num_tokens, begin + chunk);
+
+  float q[kMaxGroup][8];
+  float m[kMaxGroup], l[kMaxGroup], acc[kMaxGroup][8];
+#pragma unroll
+  for (int h = 0; h < kMaxGroup; ++h) {
+    m[h] = -FLT_MAX;
+    l[h] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      acc[h][i] = 0.f;
+      q[h][i] = h < group
+                    ? a.queries[(kv * group + h) * D + lane * 8 + i] * a.scale
+                    : 0.f;
+    }
+  }
+
+  const char* kbase = static_cast<const char*>(a.keys) +
+                      (kv * a.head_stride + lane * 8) * sizeof(T);
+  const char* vbase = static_cast<const char*>(a.values) +
+                      (kv * a.head_stride + lane * 8) * sizeof(T);
+  for (int64_t t = begin + tg; t < end; t += kTokGroups) {
+    float k[8], v[8];
+    Vec8<T>::Load(kbase + t * a.token_stride * sizeof(T), k);
+    Vec8<T>::Load(vbase + t * a.token_stride * sizeof(T), v);
+#pragma unroll
+    for (int h = 0; h < kMaxGroup; ++h) {
+      if (h >= group) break;
+      float s = 0.f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s += q[h][i] * k[i];
+#pragma unroll
+      for (int off = kLanes / 2; off > 0; off /= 2)
+        s += __shfl_xor_sync(0xffffffffu, s, off, kLanes);
+      const float m_new = fmaxf(m[h], s);
+      const float corr = __expf(m[h] - m_new);
+      const float p = __expf(s - m_new);
+      l[h] = l[h] * corr + p;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[h][i] = acc[h][i] * corr + p * v[i];
+      m[h] = m_new;
+    }
+  }
+
+  // Block reduction across token groups, one q head at a time.
+  __shared__ float s_m[kTokGroups];
+  __shared__ float s_l[kTokGroups];
+  __shared__ float s_acc[kTokGroups][D];
+#pragma unroll
+  for (int h = 0; h < kMaxGroup; ++h) {
+    if (h >= group) break;  // uniform across the block
+    if (lane == 0) {
+      s_m[tg] = m[h];
+      s_l[tg] = l[h];
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s_acc[tg][lane * 8 + i] = acc[h][i];
+    __syncthreads();
+    float* slot = SplitSlot<D>(a.split_scratch, kv * group + h, split,
+                               a.max_splits);
+    for (int d = threadIdx.x; d < D; d += kThreads) {
+      float mm = -FLT_MAX;
+      for (int g = 0; g < kTokGroups; ++g) mm = fmaxf(mm, s_m[g]);
+      float den = 0.f, num = 0.f;
+      for (int g = 0; g < kTokGroups; ++g) {
+        if (s_l[g] == 0.f) continue;
+        const float w = __expf(s_m[g] - mm);
+        den += s_l[g] * w;
+        num += s_acc[g][d] * w;
+      }
+      slot[2 + d] = num;
+      if (d == 0) {
+        slot[0] = den > 0.f ? mm : -INFINITY;
+        slot[1] = den;
+      }
+    }
+    __syncthreads();
+  }
+}
+
+template <int D>
+__global__ void MergeKernel(DecodeAttentionArgs a, int num_splits) {
+  const int h = blockIdx.x;
+  float mm = -INFINITY;
+  for (int s = 0; s < num_splits; ++s) {
+    const float* slot = SplitSlot<D>(a.split_scratch, h, s, a.max_splits);
+    if (slot[1] > 0.f) mm = fmaxf(mm, slot[0]);
+  }
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float den = 0.f, num = 0.f;
+    for (int s = 0; s < num_splits; ++s) {
+      const float* slot = SplitSlot<D>(a.split_scratch, h, s, a.max_splits);
+      if (slot[1] == 0.f) continue;
+      const float w = __expf(slot[0] - mm);
+      den += slot[1] * w;
+      num += slot[2 + d] * w;
+    }
+    a.out_num[h * D + d] = num;
+    a.out[h * D + d] = den > 0.f ? num / den : 0.f;
+    if (d == 0) {
+      a.out_max[h] = mm;
+      a.out_den[h] = den;
+    }
+  }
+}
+
+template <typename T, int D>
+int Launch(const DecodeAttentionArgs& a, int num_splits, cudaStream_t stream) {
+  const int64_t chunk = (a.num_tokens + num_splits - 1) / num_splits;
+  dim3 grid(num_splits, a.num_kv_heads);
+  SplitKernel<T, D><<<grid, kThreads, 0, stream>>>(a, num_splits,
+                                                   chunk > 0 ? chunk : 1);
+  MergeKernel<D><<<a.num_q_heads, D < 128 ? D : 128, 0, stream>>>(a,
+                                                                  num_splits);
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T>
+int LaunchTyped(const DecodeAttentionArgs& a, int num_splits,
+                cudaStream_t stream) {
+  switch (a.head_dim) {
+    case 64:
+      return Launch<T, 64>(a, num_splits, stream);
+    case 128:
+      return Launch<T, 128>(a, num_splits, stream);
+    case 256:
+      return Launch<T, 256>(a, num_splits, stream);
+    default:
+      return static_cast<int>(cudaErrorInvalidValue);
+  }
+}
+
+}  // namespace
+
+size_t SplitScratchFloats(int num_q_heads, int head_dim, int max_splits) {
+  return static_cast<size_t>(num_q_heads) * max_splits * (head_dim + 2);
+}
+
+int LaunchDecodeAttentionRaw(const DecodeAttentionArgs& args, int num_splits,
+                             cudaStream_t stream) {
+  switch (args.dtype) {
+    case ElemType::kFp16:
+      return LaunchTyped<__half>(args, num_splits, stream);
+    case ElemType::kBf16:
+      return LaunchTyped<__nv_bfloat16>(args, num_splits, stream);
+    case ElemType::kFp32:
+      return LaunchTyped<float>(args, num_splits, stream);
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+int CurrentDeviceSmCount() {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return -static_cast<int>(err);
+  int sms = 0;
+  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return -static_cast<int>(err);
+  return sms;
+}
+
+}  // namespace wavekv::cuda
