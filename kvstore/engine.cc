@@ -1,0 +1,138 @@
+// Engine::Open and EngineImpl's session lifecycle: create, append, get,
+// list, close, stats. Retrieve is in retrieve.cc, FetchSlots in
+// fetch_slots.cc.
+#include "kvstore/engine.h"
+
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/status_macros.h"
+#include "kvstore/engine_impl.h"
+
+namespace wavekv {
+namespace {
+
+const char* DurabilityName(Durability durability) {
+  switch (durability) {
+    case Durability::kNone:
+      return "NONE";
+    case Durability::kAsync:
+      return "ASYNC";
+    case Durability::kSync:
+      return "SYNC";
+  }
+  return "UNKNOWN";
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(
+    const EngineOptions& options) {
+  RETURN_IF_ERROR(options.Validate());
+  return std::unique_ptr<Engine>(std::make_unique<EngineImpl>(options));
+}
+
+EngineImpl::EngineImpl(const EngineOptions& options)
+    : options_(options),
+      budget_(options.memory_budget_bytes),
+      sessions_(options.max_sessions, options.max_sessions_per_tenant) {}
+
+int64_t EngineImpl::NowUnixMs() { return absl::ToUnixMillis(absl::Now()); }
+
+absl::Status EngineImpl::CheckDurability(Durability durability) {
+  // The persistent tier (write-ahead log + SSD) plugs in here.
+  if (durability == Durability::kNone) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "durability: ", DurabilityName(durability),
+      " requires the persistent tier, which is not enabled in this engine"));
+}
+
+absl::StatusOr<SessionInfo> EngineImpl::CreateSession(
+    const TenantId& tenant, const SessionOptions& options) {
+  RETURN_IF_ERROR(options.Validate());
+  if (options.max_tokens > options_.max_tokens_per_session) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_tokens: ", options.max_tokens,
+                     " is more than the engine's per-session limit of ",
+                     options_.max_tokens_per_session));
+  }
+  RETURN_IF_ERROR(CheckDurability(options.durability));
+  const uint64_t max_tokens = options.max_tokens != 0
+                                  ? options.max_tokens
+                                  : options_.max_tokens_per_session;
+  const int64_t now = NowUnixMs();
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
+                   sessions_.Create(tenant, [&](std::string id) {
+                     return std::make_shared<Session>(std::move(id), tenant,
+                                                      options, max_tokens, now);
+                   }));
+  return session->Info();
+}
+
+absl::StatusOr<AppendResult> EngineImpl::Append(
+    const TenantId& tenant, const std::string& session_id,
+    absl::Span<const LayerAppend> layers,
+    std::optional<Durability> durability) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
+                   sessions_.Find(tenant, session_id));
+  if (durability.has_value() && *durability != Durability::kNone &&
+      *durability != Durability::kAsync && *durability != Durability::kSync) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("durability: ", static_cast<int>(*durability),
+                     " is not NONE (1), ASYNC (2) or SYNC (3)"));
+  }
+  // Malformed input is reported before the durability level is refused.
+  RETURN_IF_ERROR(session->ValidateAppend(layers));
+  RETURN_IF_ERROR(
+      CheckDurability(durability.value_or(session->options().durability)));
+  ASSIGN_OR_RETURN(AppendResult result, session->Append(layers, budget_));
+  session->Touch(NowUnixMs());
+  return result;
+}
+
+absl::StatusOr<SessionInfo> EngineImpl::GetSession(
+    const TenantId& tenant, const std::string& session_id) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
+                   sessions_.Find(tenant, session_id));
+  return session->Info();
+}
+
+absl::StatusOr<SessionPage> EngineImpl::ListSessions(
+    const TenantId& tenant, uint32_t page_size, const std::string& page_token) {
+  ASSIGN_OR_RETURN(SessionManager::Page page,
+                   sessions_.List(tenant, page_size, page_token));
+  SessionPage out;
+  out.sessions.reserve(page.sessions.size());
+  for (const std::shared_ptr<Session>& session : page.sessions) {
+    absl::StatusOr<SessionInfo> info = session->Info();
+    // A session closed since the listing is left out, as if listed later.
+    if (info.ok()) out.sessions.push_back(*std::move(info));
+  }
+  out.next_page_token = std::move(page.next_page_token);
+  return out;
+}
+
+absl::StatusOr<uint64_t> EngineImpl::CloseSession(
+    const TenantId& tenant, const std::string& session_id) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
+                   sessions_.Remove(tenant, session_id));
+  const uint64_t freed = session->Close();
+  budget_.Release(freed);
+  return freed;
+}
+
+EngineStats EngineImpl::Stats() const {
+  EngineStats stats;
+  stats.memory_budget_bytes = budget_.budget_bytes();
+  stats.memory_bytes = budget_.used_bytes();
+  for (const std::shared_ptr<Session>& session : sessions_.All()) {
+    ++stats.sessions;
+    stats.tokens += session->num_tokens() * session->shape().num_layers;
+  }
+  return stats;
+}
+
+}  // namespace wavekv

@@ -1,0 +1,90 @@
+// EngineImpl: the in-memory engine behind Engine (engine.h). It hands the
+// work to small classes: SessionManager (ids, tenants, session limits),
+// Session (per-layer locks and SlotStores), MemoryBudget (host bytes).
+//
+// Its methods are defined in engine.cc (sessions and appends), retrieve.cc
+// (Retrieve) and fetch_slots.cc (FetchSlots).
+//
+// Seams for later work:
+//  - Persistence: CheckDurability() is where the persistent tier
+//    (RocksDB WAL/SST) plugs in; until then only DURABILITY_NONE is served.
+//  - Wave index: RetrieveWave() answers Unavailable until index/ builds
+//    the wave index per (session, layer, kv head).
+//
+// Thread-safe. Lock order: SessionManager::mu_ is never held while a
+// session's layer locks are taken; layer locks are taken in ascending layer
+// index (session.h). No lock is held while FetchSlots' sink runs.
+#ifndef WAVEKV_KVSTORE_ENGINE_IMPL_H_
+#define WAVEKV_KVSTORE_ENGINE_IMPL_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kvstore/engine.h"
+#include "kvstore/memory_budget.h"
+#include "kvstore/session.h"
+#include "kvstore/session_manager.h"
+#include "kvstore/types.h"
+
+namespace wavekv {
+
+class EngineImpl final : public Engine {
+ public:
+  // REQUIRES: options.Validate() ok.
+  explicit EngineImpl(const EngineOptions& options);
+
+  absl::StatusOr<SessionInfo> CreateSession(
+      const TenantId& tenant, const SessionOptions& options) override;
+  absl::StatusOr<AppendResult> Append(
+      const TenantId& tenant, const std::string& session_id,
+      absl::Span<const LayerAppend> layers,
+      std::optional<Durability> durability) override;
+  absl::StatusOr<std::vector<SessionResult>> Retrieve(
+      const TenantId& tenant, const RetrieveOptions& options,
+      absl::Span<const RetrieveQuery> queries) override;
+  absl::Status FetchSlots(
+      const TenantId& tenant, const FetchRequest& request,
+      const std::function<bool(SlotChunk&&)>& sink) override;
+  absl::StatusOr<SessionInfo> GetSession(
+      const TenantId& tenant, const std::string& session_id) override;
+  absl::StatusOr<SessionPage> ListSessions(
+      const TenantId& tenant, uint32_t page_size,
+      const std::string& page_token) override;
+  absl::StatusOr<uint64_t> CloseSession(const TenantId& tenant,
+                                        const std::string& session_id) override;
+  EngineStats Stats() const override;
+  const EngineOptions& options() const override { return options_; }
+
+ private:
+  // OK if this engine can honour `durability` (valid enum assumed);
+  // FailedPrecondition naming the durability field otherwise.
+  static absl::Status CheckDurability(Durability durability);
+
+  // EXACT mode for validated queries: every stored token of the layer as
+  // one SlotRange per kv head.
+  absl::StatusOr<std::vector<SessionResult>> RetrieveExact(
+      const RetrieveOptions& options, absl::Span<const RetrieveQuery> queries,
+      absl::Span<const std::shared_ptr<Session>> sessions) const;
+
+  // WAVE mode for validated queries.
+  absl::StatusOr<std::vector<SessionResult>> RetrieveWave(
+      const RetrieveOptions& options, absl::Span<const RetrieveQuery> queries,
+      absl::Span<const std::shared_ptr<Session>> sessions) const;
+
+  static int64_t NowUnixMs();
+
+  const EngineOptions options_;
+  MemoryBudget budget_;
+  SessionManager sessions_;
+};
+
+}  // namespace wavekv
+
+#endif  // WAVEKV_KVSTORE_ENGINE_IMPL_H_

@@ -1,0 +1,160 @@
+// EngineImpl::FetchSlots: validates a whole fetch request, then streams its
+// slot ranges in bounded chunks. Each chunk is copied under the layer's
+// reader lock; the sink runs with no lock held.
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "index/dtype.h"
+#include "kvstore/engine_impl.h"
+
+namespace wavekv {
+namespace {
+
+constexpr uint32_t kDefaultChunkBytes = 1u << 20;
+constexpr uint32_t kMinChunkBytes = 4u << 10;
+constexpr uint32_t kMaxChunkBytes = 4u << 20;
+
+// The checks that do not depend on the layer's state.
+absl::Status ValidateFetchShape(const ModelShape& shape,
+                                const FetchRequest& request) {
+  if (request.layer >= shape.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("layer: ", request.layer,
+                                                   " is out of range 0..",
+                                                   shape.num_layers - 1));
+  }
+  if (request.max_chunk_bytes != 0 &&
+      (request.max_chunk_bytes < kMinChunkBytes ||
+       request.max_chunk_bytes > kMaxChunkBytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_chunk_bytes: ", request.max_chunk_bytes,
+                     " is outside ", kMinChunkBytes, "..", kMaxChunkBytes,
+                     " (0 means ", kDefaultChunkBytes, ")"));
+  }
+  if (request.heads.empty()) {
+    return absl::InvalidArgumentError("heads: at least one entry is required");
+  }
+  for (size_t i = 0; i < request.heads.size(); ++i) {
+    const HeadSlots& hs = request.heads[i];
+    if (hs.kv_head >= shape.num_kv_heads) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("heads[", i, "].kv_head: ", hs.kv_head,
+                       " is out of range 0..", shape.num_kv_heads - 1));
+    }
+    if (hs.ranges.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "heads[", i, "].ranges: at least one range is required"));
+    }
+    for (size_t j = 0; j < hs.ranges.size(); ++j) {
+      if (hs.ranges[j].num_slots < 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "heads[", i, "].ranges[", j, "].num_slots: 0 is less than 1"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The checks against the layer as it is now. Slots only ever grow within
+// one layout epoch, so ranges that pass stay valid while the epoch holds.
+absl::Status ValidateFetchState(const FetchRequest& request,
+                                const LayerView& layer) {
+  if (request.layout_epoch != 0 && request.layout_epoch != layer.layout_epoch) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layout_epoch: ", request.layout_epoch,
+        " is not the current layout epoch of layer ", request.layer, " (",
+        layer.layout_epoch, "); retrieve again"));
+  }
+  for (size_t i = 0; i < request.heads.size(); ++i) {
+    const HeadSlots& hs = request.heads[i];
+    const uint64_t stored = layer.heads[hs.kv_head].num_slots();
+    for (size_t j = 0; j < hs.ranges.size(); ++j) {
+      const SlotRange& r = hs.ranges[j];
+      if (r.first_slot > stored || r.num_slots > stored - r.first_slot) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "heads[", i, "].ranges[", j, "]: slots [", r.first_slot, ", ",
+            r.first_slot + r.num_slots, ") are beyond the ", stored,
+            " slots of kv head ", hs.kv_head, " of layer ", request.layer));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status EngineImpl::FetchSlots(
+    const TenantId& tenant, const FetchRequest& request,
+    const std::function<bool(SlotChunk&&)>& sink) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
+                   sessions_.Find(tenant, request.session_id));
+  const ModelShape& shape = session->shape();
+  RETURN_IF_ERROR(ValidateFetchShape(shape, request));
+
+  absl::Status state_status;
+  uint64_t epoch = 0;
+  RETURN_IF_ERROR(session->ReadLayer(
+      request.layer, "session_id", [&](const LayerView& layer) {
+        state_status = ValidateFetchState(request, layer);
+        epoch = layer.layout_epoch;
+      }));
+  RETURN_IF_ERROR(state_status);
+
+  const size_t row_bytes = size_t{shape.head_dim} * DTypeBytes(shape.dtype);
+  const uint32_t chunk_bytes = request.max_chunk_bytes == 0
+                                   ? kDefaultChunkBytes
+                                   : request.max_chunk_bytes;
+  // >= 1: a slot's K+V is at most 2 * 512 * 4 = 4 KiB = kMinChunkBytes.
+  const uint64_t chunk_slots =
+      std::max<uint64_t>(1, chunk_bytes / (2 * row_bytes));
+  uint64_t chunks_sent = 0;
+  for (const HeadSlots& hs : request.heads) {
+    for (const SlotRange& range : hs.ranges) {
+      for (uint64_t done = 0; done < range.num_slots;) {
+        const uint64_t n =
+            std::min<uint64_t>(chunk_slots, range.num_slots - done);
+        SlotChunk chunk;
+        chunk.kv_head = hs.kv_head;
+        chunk.cluster_id = range.cluster_id;
+        chunk.first_slot = range.first_slot + done;
+        chunk.num_slots = static_cast<uint32_t>(n);
+        bool layout_changed = false;
+        RETURN_IF_ERROR(session->ReadLayer(
+            request.layer, "session_id", [&](const LayerView& layer) {
+              if (layer.layout_epoch != epoch) {
+                layout_changed = true;
+                return;
+              }
+              chunk.keys.resize(n * row_bytes);
+              chunk.values.resize(n * row_bytes);
+              chunk.positions.resize(n);
+              layer.heads[hs.kv_head].CopyOut(
+                  chunk.first_slot, n,
+                  reinterpret_cast<uint8_t*>(chunk.keys.data()),
+                  reinterpret_cast<uint8_t*>(chunk.values.data()),
+                  chunk.positions.data());
+            }));
+        if (layout_changed) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "layout_epoch: the layout of layer ", request.layer,
+              " changed during the fetch (epoch ", epoch, "); retrieve again"));
+        }
+        // No lock is held here: the sink may block on a slow stream.
+        ++chunks_sent;
+        if (!sink(std::move(chunk))) {
+          return absl::CancelledError(absl::StrCat(
+              "FetchSlots: the receiver stopped the fetch at chunk ",
+              chunks_sent));
+        }
+        done += n;
+      }
+    }
+  }
+  session->Touch(NowUnixMs());
+  return absl::OkStatus();
+}
+
+}  // namespace wavekv
