@@ -1,0 +1,119 @@
+// Prometheus metrics of the gRPC service. The registry is passed in
+// explicitly (no global registry); labels are bounded: RPC method names and
+// status code names only, never session ids or tenants.
+//
+//   wavekv_rpc_requests_total{method,code}      counter
+//   wavekv_rpc_latency_seconds{method}          histogram, 50us .. 10s
+//   wavekv_rpc_received_bytes_total{method}     counter (request messages)
+//   wavekv_rpc_sent_bytes_total{method}         counter (response messages)
+//   wavekv_sessions, wavekv_memory_bytes, wavekv_memory_budget_bytes,
+//   wavekv_tokens                               gauges from Engine::Stats()
+//   wavekv_up                                   gauge, 1 while serving
+//
+// Engine gauges are refreshed at scrape time: expose a
+// RefreshingCollectable (which calls SetEngineStats before collecting)
+// instead of the bare registry.
+//
+// Thread-safe: every method may be called concurrently.
+#ifndef WAVEKV_TRANSPORT_METRICS_H_
+#define WAVEKV_TRANSPORT_METRICS_H_
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "kvstore/engine.h"
+#include "prometheus/collectable.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace wavekv {
+
+// The RPCs of wavekv.v1.WaveKv, as metric label values.
+enum class RpcMethod : uint8_t {
+  kCreateSession,
+  kAppend,
+  kRetrieve,
+  kFetchClusters,
+  kGetTransportInfo,
+  kGetSession,
+  kListSessions,
+  kCloseSession,
+};
+inline constexpr size_t kNumRpcMethods = 8;
+
+// "CreateSession", "Append", ... (the proto's method names).
+absl::string_view RpcMethodName(RpcMethod method);
+
+// Latency histogram bucket bounds in seconds: 50us .. 10s.
+const std::vector<double>& RpcLatencyBuckets();
+
+class ServerMetrics {
+ public:
+  // Registers the families in `registry`, which must outlive this object.
+  explicit ServerMetrics(prometheus::Registry& registry);
+
+  ServerMetrics(const ServerMetrics&) = delete;
+  ServerMetrics& operator=(const ServerMetrics&) = delete;
+
+  // Records one finished RPC: its final code, wall time, and the bytes of
+  // the request and response messages (serialized sizes).
+  void RecordRpc(RpcMethod method, absl::StatusCode code,
+                 absl::Duration latency, uint64_t received_bytes,
+                 uint64_t sent_bytes);
+
+  void SetEngineStats(const EngineStats& stats);
+  void SetUp(bool up);
+
+ private:
+  static constexpr size_t kNumCodes = 17;
+
+  prometheus::Counter& RequestCounter(RpcMethod method, absl::StatusCode code);
+
+  prometheus::Family<prometheus::Counter>& requests_;
+  // Lazily added {method, code} series; Family::Add returns the same
+  // object for the same labels, so a racing double-Add is harmless.
+  std::array<std::array<std::atomic<prometheus::Counter*>, kNumCodes>,
+             kNumRpcMethods>
+      request_counters_{};
+  std::array<prometheus::Histogram*, kNumRpcMethods> latency_{};
+  std::array<prometheus::Counter*, kNumRpcMethods> received_bytes_{};
+  std::array<prometheus::Counter*, kNumRpcMethods> sent_bytes_{};
+  prometheus::Gauge& sessions_;
+  prometheus::Gauge& memory_bytes_;
+  prometheus::Gauge& memory_budget_bytes_;
+  prometheus::Gauge& tokens_;
+  prometheus::Gauge& up_;
+};
+
+// A Collectable that runs `refresh` (e.g. copying Engine::Stats() into the
+// gauges) and then collects `registry`. Register this with the Exposer.
+// Thread-safe if `refresh` is.
+class RefreshingCollectable : public prometheus::Collectable {
+ public:
+  RefreshingCollectable(std::shared_ptr<prometheus::Registry> registry,
+                        std::function<void()> refresh)
+      : registry_(std::move(registry)), refresh_(std::move(refresh)) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const std::shared_ptr<prometheus::Registry> registry_;
+  const std::function<void()> refresh_;
+};
+
+// The text exposition format of `collectable` (what /metrics serves).
+std::string RenderMetricsText(const prometheus::Collectable& collectable);
+
+}  // namespace wavekv
+
+#endif  // WAVEKV_TRANSPORT_METRICS_H_

@@ -1,0 +1,123 @@
+#include "transport/metrics.h"
+
+#include <thread>
+
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace wavekv {
+namespace {
+
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+std::vector<std::string> Lines(const std::string& text) {
+  return absl::StrSplit(text, '\n');
+}
+
+TEST(MetricsTest, RendersRpcCountersHistogramsAndBytes) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  ServerMetrics metrics(*registry);
+  metrics.RecordRpc(RpcMethod::kAppend, absl::StatusCode::kOk,
+                    absl::Microseconds(70), 1000, 20);
+  metrics.RecordRpc(RpcMethod::kAppend, absl::StatusCode::kOk,
+                    absl::Milliseconds(3), 500, 20);
+  metrics.RecordRpc(RpcMethod::kAppend, absl::StatusCode::kInvalidArgument,
+                    absl::Seconds(20), 7, 0);
+  const std::string text = RenderMetricsText(*registry);
+  const std::vector<std::string> lines = Lines(text);
+
+  EXPECT_THAT(lines, Contains("# TYPE wavekv_rpc_requests_total counter"));
+  EXPECT_THAT(lines, Contains("wavekv_rpc_requests_total{code=\"OK\","
+                              "method=\"Append\"} 2"));
+  EXPECT_THAT(lines, Contains("wavekv_rpc_requests_total{code="
+                              "\"INVALID_ARGUMENT\",method=\"Append\"} 1"));
+  // Every method has its OK series from the start.
+  EXPECT_THAT(lines, Contains("wavekv_rpc_requests_total{code=\"OK\","
+                              "method=\"CloseSession\"} 0"));
+  EXPECT_THAT(text, Not(HasSubstr("code=\"NOT_FOUND\"")));
+
+  EXPECT_THAT(lines, Contains("# TYPE wavekv_rpc_latency_seconds histogram"));
+  EXPECT_THAT(lines, Contains("wavekv_rpc_latency_seconds_bucket{method="
+                              "\"Append\",le=\"5e-05\"} 0"));
+  EXPECT_THAT(lines, Contains("wavekv_rpc_latency_seconds_bucket{method="
+                              "\"Append\",le=\"0.0001\"} 1"));
+  EXPECT_THAT(lines, Contains("wavekv_rpc_latency_seconds_bucket{method="
+                              "\"Append\",le=\"0.005\"} 2"));
+  EXPECT_THAT(lines, Contains("wavekv_rpc_latency_seconds_bucket{method="
+                              "\"Append\",le=\"10\"} 2"));
+  EXPECT_THAT(lines, Contains("wavekv_rpc_latency_seconds_bucket{method="
+                              "\"Append\",le=\"+Inf\"} 3"));
+  EXPECT_THAT(lines, Contains("wavekv_rpc_latency_seconds_count{method="
+                              "\"Append\"} 3"));
+
+  EXPECT_THAT(lines, Contains("wavekv_rpc_received_bytes_total{method="
+                              "\"Append\"} 1507"));
+  EXPECT_THAT(lines, Contains("wavekv_rpc_sent_bytes_total{method="
+                              "\"Append\"} 40"));
+  EXPECT_THAT(lines, Contains("wavekv_rpc_sent_bytes_total{method="
+                              "\"Retrieve\"} 0"));
+  EXPECT_THAT(lines, Contains("# HELP wavekv_up 1 while the server accepts "
+                              "RPCs, 0 while draining."));
+}
+
+TEST(MetricsTest, RefreshingCollectableCopiesEngineStatsAtScrape) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  ServerMetrics metrics(*registry);
+  metrics.SetUp(true);
+  uint64_t scrapes = 0;
+  RefreshingCollectable exposed(registry, [&] {
+    ++scrapes;
+    EngineStats stats;
+    stats.sessions = 3;
+    stats.memory_bytes = 1 << 20;
+    stats.memory_budget_bytes = 8ull << 30;
+    stats.tokens = 4096 * scrapes;
+    metrics.SetEngineStats(stats);
+  });
+  std::vector<std::string> lines = Lines(RenderMetricsText(exposed));
+  EXPECT_THAT(lines, Contains("# TYPE wavekv_sessions gauge"));
+  EXPECT_THAT(lines, Contains("wavekv_sessions 3"));
+  EXPECT_THAT(lines, Contains("wavekv_memory_bytes 1048576"));
+  EXPECT_THAT(lines, Contains("wavekv_memory_budget_bytes 8589934592"));
+  EXPECT_THAT(lines, Contains("wavekv_tokens 4096"));
+  EXPECT_THAT(lines, Contains("wavekv_up 1"));
+  lines = Lines(RenderMetricsText(exposed));
+  EXPECT_THAT(lines, Contains("wavekv_tokens 8192"));
+  metrics.SetUp(false);
+  EXPECT_THAT(Lines(RenderMetricsText(exposed)), Contains("wavekv_up 0"));
+}
+
+TEST(MetricsTest, ConcurrentRecordingCountsEveryCall) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  ServerMetrics metrics(*registry);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&metrics] {
+      for (int i = 0; i < 500; ++i) {
+        metrics.RecordRpc(RpcMethod::kRetrieve, absl::StatusCode::kNotFound,
+                          absl::Microseconds(i), 10, 1);
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  const std::vector<std::string> lines = Lines(RenderMetricsText(*registry));
+  EXPECT_THAT(lines, Contains("wavekv_rpc_requests_total{code=\"NOT_FOUND\","
+                              "method=\"Retrieve\"} 2000"));
+  EXPECT_THAT(lines, Contains("wavekv_rpc_received_bytes_total{method="
+                              "\"Retrieve\"} 20000"));
+}
+
+TEST(MetricsTest, NamesAreStable) {
+  EXPECT_EQ(RpcMethodName(RpcMethod::kFetchClusters), "FetchClusters");
+  EXPECT_EQ(RpcMethodName(RpcMethod::kGetTransportInfo), "GetTransportInfo");
+  const std::vector<double>& b = RpcLatencyBuckets();
+  EXPECT_DOUBLE_EQ(b.front(), 50e-6);
+  EXPECT_DOUBLE_EQ(b.back(), 10.0);
+  EXPECT_TRUE(std::is_sorted(b.begin(), b.end()));
+}
+
+}  // namespace
+}  // namespace wavekv
