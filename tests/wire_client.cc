@@ -1,5 +1,7 @@
 #include "tests/wire_client.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/message_differencer.h"
 
@@ -172,6 +174,32 @@ Answer<std::vector<v1::SessionInfo>> ListAllSessions(v1::WaveKv::Stub& stub,
   all.status = grpc::Status(grpc::StatusCode::INTERNAL,
                             "ListSessions paging did not end");
   return all;
+}
+
+v1::CreateSessionRequest SessionRequest(const v1::ModelShape& shape,
+                                        const std::string& label) {
+  v1::CreateSessionRequest request;
+  *request.mutable_shape() = shape;
+  request.set_label(label);
+  return request;
+}
+
+grpc::Status AppendTokens(v1::WaveKv::Stub& stub, const std::string& token,
+                          const std::string& session_id,
+                          const KvPattern& pattern, uint64_t begin,
+                          uint64_t end, uint32_t chunk_tokens) {
+  for (uint64_t at = begin; at < end; at += chunk_tokens) {
+    const uint32_t n =
+        static_cast<uint32_t>(std::min<uint64_t>(chunk_tokens, end - at));
+    v1::AppendRequest request;
+    request.set_session_id(session_id);
+    for (uint32_t l = 0; l < pattern.shape().num_layers(); ++l) {
+      *request.add_layers() = pattern.Layer(l, at, n);
+    }
+    auto answer = CallAppend(stub, token, request);
+    if (!answer.ok()) return answer.status;
+  }
+  return grpc::Status::OK;
 }
 
 v1::SessionInfo StableView(v1::SessionInfo info) {

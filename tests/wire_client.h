@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/wavekv/v1/wavekv.grpc.pb.h"
+#include "tests/kv_pattern.h"
 
 namespace wavekv::testing {
 
@@ -80,6 +81,18 @@ FetchAnswer CallFetchClusters(v1::WaveKv::Stub& stub, const std::string& token,
 Answer<std::vector<v1::SessionInfo>> ListAllSessions(v1::WaveKv::Stub& stub,
                                                      const std::string& token,
                                                      uint32_t page_size = 0);
+
+// A CreateSessionRequest for `shape` with `label` (other fields unset).
+v1::CreateSessionRequest SessionRequest(const v1::ModelShape& shape,
+                                        const std::string& label = "");
+
+// Appends tokens [begin, end) of every layer of `pattern`'s shape to the
+// session, `chunk_tokens` per layer per request (each request carries every
+// layer). Returns the first failing status, or OK.
+grpc::Status AppendTokens(v1::WaveKv::Stub& stub, const std::string& token,
+                          const std::string& session_id,
+                          const KvPattern& pattern, uint64_t begin,
+                          uint64_t end, uint32_t chunk_tokens);
 
 // `info` without fields that legitimately change on reads
 // (last_access_unix_ms), for before/after comparisons.
