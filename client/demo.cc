@@ -32,6 +32,13 @@ v1::DType ToProto(DType dtype) {
   return v1::DTYPE_UNSPECIFIED;
 }
 
+// "950", "12.3k", "4.56M".
+std::string FormatCount(double x) {
+  if (x < 1e4) return absl::StrFormat("%.0f", x);
+  if (x < 1e6) return absl::StrFormat("%.1fk", x / 1e3);
+  return absl::StrFormat("%.2fM", x / 1e6);
+}
+
 // Nearest-rank percentile; zero for an empty set.
 absl::Duration Percentile(std::vector<absl::Duration> values, double p) {
   if (values.empty()) return absl::ZeroDuration();
@@ -255,10 +262,11 @@ absl::Status Demo::Prefill() {
     const double s = std::max(absl::ToDoubleSeconds(took), 1e-9);
     if (options_.interactive) out_ << '\r';
     out_ << absl::StrFormat(
-        "  layer %d/%d: %d tokens  %s in %s  %.0f tokens/s  %.0f MiB/s  "
-        "(%d requests; server has %d tokens)\n",
+        "  layer %d/%d: %d tokens  %s in %s  %s tokens/s  %.0f MiB/s  "
+        "(%d request%s; server has %d tokens)\n",
         layer + 1, options_.num_layers, n, FormatBytes(bytes),
-        FormatLatency(took), n / s, bytes / s / (1 << 20), requests,
+        FormatLatency(took), FormatCount(n / s), bytes / s / (1 << 20),
+        requests, requests == 1 ? "" : "s",
         response.layer_tokens_size() > static_cast<int>(layer)
             ? response.layer_tokens(layer)
             : 0);
@@ -433,12 +441,8 @@ void Demo::PrintSummary() {
     }
     if (retrieve.empty()) {
       if (!all_layers) return;
-      std::string why = "not run (--mode=wave)";
-      if (mode == v1::RETRIEVE_MODE_WAVE && options_.mode == mode) {
-        why = "not served (fell back to exact)";
-      }
-      table.AddRow(
-          {layer, ModeName(mode), "0", why, "", "", "", "", "", "", "", ""});
+      table.AddRow({layer, ModeName(mode), "0", "-", "-", "-", "-", "-", "-",
+                    "-", "-", "-"});
       return;
     }
     table.AddRow({layer, ModeName(mode), absl::StrCat(retrieve.size()),
@@ -459,6 +463,17 @@ void Demo::PrintSummary() {
     add_row("all", mode, true, 0);
   }
   table.Print(out_);
+  const bool wave_served = std::any_of(
+      report_.samples.begin(), report_.samples.end(),
+      [](const DemoSample& s) { return s.mode == v1::RETRIEVE_MODE_WAVE; });
+  if (options_.mode != v1::RETRIEVE_MODE_WAVE) {
+    out_ << "wave: not run (pass --mode=wave)\n";
+  } else if (report_.wave_fallbacks > 0) {
+    out_ << "wave: " << report_.wave_fallbacks << " of "
+         << report_.samples.size()
+         << " calls fell back to exact (the server could not serve WAVE)"
+         << (wave_served ? "" : "; no call was served in WAVE") << "\n";
+  }
   if (!report_.decode_appends.empty()) {
     out_ << absl::StrFormat(
         "decode Append (1 token x %d layers): p50 %s, p99 %s\n",
