@@ -40,6 +40,17 @@ void BlockAccumulate(const float* __restrict p, const float* __restrict v,
   }
 }
 
+// p[t] = e^{p[t] - m} in place; returns Σ p[t].
+WAVEKV_MULTIVERSION
+float ExpShiftSum(float* __restrict p, size_t n, float m) {
+  float sum = 0.0f;
+  for (size_t t = 0; t < n; ++t) {
+    p[t] = simd::Exp(p[t] - m);
+    sum += p[t];
+  }
+  return sum;
+}
+
 WAVEKV_MULTIVERSION
 void ScaleVector(float a, float* y, size_t n) { simd::Scale(a, y, n); }
 
@@ -100,10 +111,7 @@ AttentionPartial PartialAttention(absl::Span<const float> query,
       ScaleVector(c, num, d);
       m = block_max;
     }
-    for (size_t t = 0; t < nb; ++t) {
-      logits[t] = std::exp(logits[t] - m);
-      den += logits[t];
-    }
+    den += ExpShiftSum(logits, nb, m);
     const float* values;
     if (fp32_in_place) {
       values = reinterpret_cast<const float*>(kv.values + t0 * row_bytes);

@@ -11,7 +11,9 @@
 #ifndef WAVEKV_INDEX_SIMD_H_
 #define WAVEKV_INDEX_SIMD_H_
 
+#include <bit>
 #include <cstddef>
+#include <cstdint>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define WAVEKV_MULTIVERSION \
@@ -53,6 +55,41 @@ WAVEKV_INLINE void Axpy(float a, const float* __restrict x, float* __restrict y,
 WAVEKV_INLINE void Scale(float a, float* __restrict y, size_t n) {
   for (size_t j = 0; j < n; ++j) y[j] *= a;
 }
+
+// e^x for x <= 88, branch-free so that loops over it vectorise (std::exp
+// does not). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and a
+// degree-6 polynomial for e^r: max relative error ~2 ulp. x < -87.3
+// (including -inf) gives 0; x > 88 gives e^88. Not for NaN inputs.
+WAVEKV_INLINE float Exp(float x) {
+  const float clamped = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  // Round x*log2(e) to nearest with the 1.5*2^23 trick.
+  constexpr float kRound = 12582912.0f;
+  const float n = (clamped * 1.44269504088896341f + kRound) - kRound;
+  float r = clamped - n * 0.693359375f;  // ln2, high part (exact product)
+  r = r - n * -2.12194440e-4f;           // ln2, low part
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const int32_t e = static_cast<int32_t>(n) + 127;  // in [1, 254]
+  const float scale = std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
+  return x < -87.0f ? 0.0f : p * scale;
+}
+
+// A 16-float vector for explicit SIMD (GCC/Clang vector extension): one
+// AVX-512 register, two AVX2 registers or four SSE registers depending on
+// the clone it is compiled in. Unaligned loads/stores are allowed.
+typedef float F16 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int32_t I16 __attribute__((vector_size(64), aligned(4), may_alias));
+inline constexpr size_t kVecLanes = 16;
+
+WAVEKV_INLINE F16 LoadF16(const float* p) {
+  return *reinterpret_cast<const F16*>(p);
+}
+WAVEKV_INLINE void StoreF16(float* p, F16 v) { *reinterpret_cast<F16*>(p) = v; }
 
 }  // namespace wavekv::simd
 
