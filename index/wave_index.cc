@@ -1,0 +1,139 @@
+#include "index/wave_index.h"
+
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "index/kmeans.h"
+
+namespace wavekv {
+namespace {
+
+// Decodes `rows` (keys or values) into [num_tokens][head_dim] fp32 and checks
+// that every element is finite.
+absl::Status DecodeRows(const KvRows& rows, const uint8_t* base,
+                        const char* field, std::vector<float>& out) {
+  const size_t d = rows.head_dim;
+  const size_t row_bytes = d * DTypeBytes(rows.dtype);
+  const size_t stride =
+      rows.row_stride_bytes == 0 ? row_bytes : rows.row_stride_bytes;
+  out.resize(rows.num_tokens * d);
+  for (size_t t = 0; t < rows.num_tokens; ++t) {
+    DecodeToFloat(rows.dtype, base + t * stride, d, out.data() + t * d);
+  }
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!std::isfinite(out[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": non-finite value at token ", i / d,
+                       " of the block, element ", i % d));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+WaveIndex::WaveIndex(size_t head_dim)
+    : head_dim_(head_dim), centroids_(head_dim), offsets_{0} {}
+
+std::vector<float> WaveIndex::centroid(ClusterId c) const {
+  std::vector<float> out(head_dim_);
+  centroids_.CopyRow(c, out.data());
+  return out;
+}
+
+size_t WaveIndex::memory_bytes() const {
+  return centroids_.memory_bytes() + value_sums_.capacity() * sizeof(float) +
+         sizes_.capacity() * sizeof(uint32_t) +
+         offsets_.capacity() * sizeof(uint64_t) +
+         slot_tokens_.capacity() * sizeof(uint64_t);
+}
+
+absl::StatusOr<BlockLayout> WaveIndex::AddBlock(const WaveIndexParams& params,
+                                                uint64_t first_token,
+                                                const KvRows& rows,
+                                                int num_threads) {
+  if (absl::Status s = params.Validate(); !s.ok()) return s;
+  const size_t d = head_dim_;
+  if (rows.head_dim != d) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("head_dim: index has ", d, ", rows have ", rows.head_dim));
+  }
+  const size_t row_bytes = d * DTypeBytes(rows.dtype);
+  if (rows.row_stride_bytes != 0 && rows.row_stride_bytes < row_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("row_stride_bytes: ", rows.row_stride_bytes,
+                     " is less than one row (", row_bytes, " bytes)"));
+  }
+  BlockLayout layout;
+  layout.first_cluster = static_cast<ClusterId>(num_clusters());
+  layout.first_slot = num_slots();
+  if (rows.num_tokens == 0) return layout;
+  if (rows.keys == nullptr || rows.values == nullptr) {
+    return absl::InvalidArgumentError("keys/values: null with num_tokens > 0");
+  }
+  if (num_slots() > 0 && first_token != end_token_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "index covers tokens [", begin_token_, ", ", end_token_,
+        "); a new block must start at ", end_token_, ", got ", first_token));
+  }
+  const std::vector<SegmentPlan> plan = PlanSegments(params, rows.num_tokens);
+  uint64_t new_clusters = 0;
+  for (const SegmentPlan& s : plan) new_clusters += s.num_clusters;
+  if (num_clusters() + new_clusters > std::numeric_limits<ClusterId>::max()) {
+    return absl::ResourceExhaustedError("index: too many clusters");
+  }
+
+  std::vector<float> keys, values;
+  if (absl::Status s = DecodeRows(rows, rows.keys, "keys", keys); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = DecodeRows(rows, rows.values, "values", values);
+      !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<KMeansResult> km =
+      SegmentedSphericalKMeans(keys.data(), rows.num_tokens, d, plan,
+                               params.kmeans_iterations, num_threads);
+  if (!km.ok()) return km.status();
+  keys.clear();
+  keys.shrink_to_fit();
+
+  // Cluster-major layout: a stable counting sort of the tokens by cluster.
+  const size_t k = km->num_clusters;
+  std::vector<uint64_t> offsets(k + 1, 0);
+  for (size_t c = 0; c < k; ++c) offsets[c + 1] = offsets[c] + km->sizes[c];
+  layout.num_clusters = static_cast<uint32_t>(k);
+  layout.slot_tokens.resize(rows.num_tokens);
+  std::vector<uint64_t> cursor(offsets.begin(), offsets.end() - 1);
+  // Value sums accumulated in double, in token order.
+  std::vector<double> vs(k * d, 0.0);
+  for (size_t t = 0; t < rows.num_tokens; ++t) {
+    const uint32_t c = km->assignment[t];
+    layout.slot_tokens[cursor[c]++] = first_token + t;
+    double* acc = vs.data() + c * d;
+    const float* v = values.data() + t * d;
+    for (size_t j = 0; j < d; ++j) acc[j] += v[j];
+  }
+
+  // Commit (nothing above modified the index).
+  if (num_slots() == 0) begin_token_ = first_token;
+  end_token_ = first_token + rows.num_tokens;
+  centroids_.Reserve(num_clusters() + k);
+  value_sums_.reserve(value_sums_.size() + k * d);
+  const uint64_t base = num_slots();
+  for (size_t c = 0; c < k; ++c) {
+    centroids_.AppendRow(km->centroids.data() + c * d);
+    for (size_t j = 0; j < d; ++j) {
+      value_sums_.push_back(static_cast<float>(vs[c * d + j]));
+    }
+    sizes_.push_back(km->sizes[c]);
+    offsets_.push_back(base + offsets[c + 1]);
+    if (km->sizes[c] > 0) ++num_nonempty_;
+  }
+  slot_tokens_.insert(slot_tokens_.end(), layout.slot_tokens.begin(),
+                      layout.slot_tokens.end());
+  return layout;
+}
+
+}  // namespace wavekv
