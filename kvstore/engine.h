@@ -70,14 +70,20 @@ class Engine {
   virtual ~Engine() = default;
 
   // Creates a session owned by `tenant`. Fails with InvalidArgument on bad
-  // options and ResourceExhausted over session limits.
+  // options (also max_tokens above max_tokens_per_session),
+  // FailedPrecondition for a durability level this engine cannot honour
+  // (today: anything but kNone; there is no persistent tier yet), and
+  // ResourceExhausted over session limits.
   virtual absl::StatusOr<SessionInfo> CreateSession(
       const TenantId& tenant, const SessionOptions& options) = 0;
 
   // Appends K/V to one or more layers, atomically: either every layer of
   // the request is applied or none. Each layer's start_token must equal that
   // layer's current length (FailedPrecondition otherwise). `durability`
-  // overrides the session level when set.
+  // overrides the session level when set. Bytes are reserved in the memory
+  // budget before anything is copied (ResourceExhausted naming
+  // memory_budget_bytes when they do not fit); past the session's
+  // max_tokens is ResourceExhausted too. Updates last_access on success.
   virtual absl::StatusOr<AppendResult> Append(
       const TenantId& tenant, const std::string& session_id,
       absl::Span<const LayerAppend> layers,
@@ -86,7 +92,9 @@ class Engine {
   // Answers one query per session at one layer. In kExact mode every stored
   // token of the layer is one SlotRange per kv head and `steady` is empty.
   // Fails as a whole if any query is invalid (message names
-  // "queries[i]...").
+  // "queries[i]..."). kWave answers Unavailable until the engine maintains
+  // wave indexes. include_kv beyond max_inline_kv_bytes is
+  // ResourceExhausted. Updates last_access of every session on success.
   virtual absl::StatusOr<std::vector<SessionResult>> Retrieve(
       const TenantId& tenant, const RetrieveOptions& options,
       absl::Span<const RetrieveQuery> queries) = 0;
@@ -95,14 +103,19 @@ class Engine {
   // into chunks of at most max_chunk_bytes (K+V). Validation of the whole
   // request happens before the first chunk. If `sink` returns false the
   // fetch stops with Cancelled. The session is not locked while `sink` runs.
+  // Ranges past the stored slots, or a stale layout_epoch, are
+  // FailedPrecondition.
   virtual absl::Status FetchSlots(
       const TenantId& tenant, const FetchRequest& request,
       const std::function<bool(SlotChunk&&)>& sink) = 0;
 
+  // Does not count as an access (last_access is left as it is).
   virtual absl::StatusOr<SessionInfo> GetSession(
       const TenantId& tenant, const std::string& session_id) = 0;
 
   // The tenant's sessions ordered by id; page_size 0 = 100, at most 1000.
+  // page_token is the previous page's next_page_token (InvalidArgument if
+  // it is not one).
   virtual absl::StatusOr<SessionPage> ListSessions(
       const TenantId& tenant, uint32_t page_size,
       const std::string& page_token) = 0;

@@ -708,8 +708,8 @@ TEST_F(EngineTest, FetchSlotsValidatesEverythingBeforeTheFirstChunk) {
   f = good;
   f.heads[0].ranges.push_back(SlotRange{0, 45, 6});
   check(f, StatusCode::kFailedPrecondition,
-        "heads[0].ranges[1]: slots [45, 51) are beyond the 50 slots of kv "
-        "head 0 of layer 1");
+        "heads[0].ranges[1]: first_slot 45 + num_slots 6 reaches past the 50 "
+        "slots of kv head 0 of layer 1");
   f = good;
   f.heads[0].ranges[0].first_slot = std::numeric_limits<uint64_t>::max();
   EXPECT_EQ(

@@ -75,8 +75,8 @@ absl::Status ValidateFetchState(const FetchRequest& request,
       const SlotRange& r = hs.ranges[j];
       if (r.first_slot > stored || r.num_slots > stored - r.first_slot) {
         return absl::FailedPreconditionError(absl::StrCat(
-            "heads[", i, "].ranges[", j, "]: slots [", r.first_slot, ", ",
-            r.first_slot + r.num_slots, ") are beyond the ", stored,
+            "heads[", i, "].ranges[", j, "]: first_slot ", r.first_slot,
+            " + num_slots ", r.num_slots, " reaches past the ", stored,
             " slots of kv head ", hs.kv_head, " of layer ", request.layer));
       }
     }
