@@ -104,19 +104,26 @@ __global__ void __launch_bounds__(kThreads)
                       (kv * a.head_stride + lane * 8) * sizeof(T);
   const char* vbase = static_cast<const char*>(a.values) +
                       (kv * a.head_stride + lane * 8) * sizeof(T);
-  for (int64_t t = begin + tg; t < end; t += kTokGroups) {
-    float k[8], v[8];
-    Vec8<T>::Load(kbase + t * a.token_stride * sizeof(T), k);
-    Vec8<T>::Load(vbase + t * a.token_stride * sizeof(T), v);
+  // Every thread runs the same number of iterations: the shuffles below
+  // need the whole warp, so a token past `end` loads nothing and is masked.
+  for (int64_t base = begin; base < end; base += kTokGroups) {
+    const int64_t t = base + tg;
+    const bool valid = t < end;
+    float k[8] = {}, v[8] = {};
+    if (valid) {
+      Vec8<T>::Load(kbase + t * a.token_stride * sizeof(T), k);
+      Vec8<T>::Load(vbase + t * a.token_stride * sizeof(T), v);
+    }
 #pragma unroll
     for (int h = 0; h < kMaxGroup; ++h) {
-      if (h >= group) break;
+      if (h >= group) break;  // uniform across the block
       float s = 0.f;
 #pragma unroll
       for (int i = 0; i < 8; ++i) s += q[h][i] * k[i];
 #pragma unroll
       for (int off = kLanes / 2; off > 0; off /= 2)
         s += __shfl_xor_sync(0xffffffffu, s, off, kLanes);
+      if (!valid) continue;
       const float m_new = fmaxf(m[h], s);
       const float corr = __expf(m[h] - m_new);
       const float p = __expf(s - m_new);
