@@ -8,6 +8,24 @@
 
 namespace wavekv {
 
+namespace {
+
+// "32768", "-", "40.5 MiB", "32/8", "1.2e-07", "90.0k tokens": the first
+// word is a number (or a lone dash), possibly with a k/M suffix. Hex ids
+// such as "1a71b3c2" are not.
+bool LooksNumeric(const std::string& cell) {
+  std::string word = cell.substr(0, cell.find(' '));
+  if (word == "-") return true;
+  if (word.empty() ||
+      !(absl::ascii_isdigit(word[0]) || word[0] == '-' || word[0] == '+')) {
+    return false;
+  }
+  if (word.back() == 'k' || word.back() == 'M') word.pop_back();
+  return word.find_first_not_of("0123456789.+-e/") == std::string::npos;
+}
+
+}  // namespace
+
 TextTable::TextTable(std::vector<std::string> header)
     : header_(std::move(header)) {}
 
@@ -24,11 +42,7 @@ void TextTable::Print(std::ostream& out) const {
     width[c] = header_[c].size();
     for (const auto& row : rows_) {
       width[c] = std::max(width[c], row[c].size());
-      const std::string& cell = row[c];
-      if (cell.empty() ||
-          !(absl::ascii_isdigit(cell[0]) || cell[0] == '-' || cell[0] == '+')) {
-        numeric[c] = false;
-      }
+      if (!LooksNumeric(row[c])) numeric[c] = false;
     }
     if (rows_.empty()) numeric[c] = false;
   }

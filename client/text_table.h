@@ -28,7 +28,8 @@ class TextTable {
   size_t num_rows() const { return rows_.size(); }
 
   // Columns padded to their widest cell, two spaces apart; a column whose
-  // body cells all start with a digit, '-' or '+' is right-aligned.
+  // body cells all read as numbers ("32768", "40.5 MiB", "1.2e-07", "-")
+  // is right-aligned.
   void Print(std::ostream& out) const;
 
  private:

@@ -19,6 +19,18 @@ TEST(TextTableTest, PadsColumnsAndRightAlignsNumbers) {
             "longer   32768  -\n");
 }
 
+TEST(TextTableTest, HexIdsAndDatesStayLeftAligned) {
+  TextTable t({"SESSION", "MEMORY", "SEEN"});
+  t.AddRow({"1a71b3c2", "40.5 MiB", "never"});
+  t.AddRow({"ff", "512 B", "2026-11-23 11:57:37"});
+  std::ostringstream out;
+  t.Print(out);
+  EXPECT_EQ(out.str(),
+            "SESSION     MEMORY  SEEN\n"
+            "1a71b3c2  40.5 MiB  never\n"
+            "ff           512 B  2026-11-23 11:57:37\n");
+}
+
 TEST(TextTableTest, Units) {
   EXPECT_EQ(FormatBytes(512), "512 B");
   EXPECT_EQ(FormatBytes(1536), "1.5 KiB");
