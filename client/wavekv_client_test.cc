@@ -2,12 +2,14 @@
 // on 127.0.0.1 with a port picked at run time.
 #include "client/wavekv_client.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client/attention_reference.h"
@@ -363,6 +365,62 @@ TEST_F(WaveKvClientTest, ListWalksAllPagesAndCloseFrees) {
   EXPECT_EQ(client_->GetSession(full).status().code(),
             absl::StatusCode::kNotFound);
   EXPECT_EQ(client_->ListSessions()->size(), 5u);
+}
+
+TEST_F(WaveKvClientTest, OneClientServesManyThreads) {
+  // Each thread runs its own session through the shared client; every
+  // answer must hold exactly that thread's data.
+  constexpr int kThreads = 4;
+  constexpr uint64_t kTokens = 120;
+  std::vector<std::string> failures(kThreads);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      SyntheticKvOptions o = TestKv();
+      o.seed = 100 + i;
+      SyntheticKv kv(o);
+      std::vector<uint8_t> k(kTokens * kTokenBytes), v(kTokens * kTokenBytes);
+      kv.Generate(0, 0, kTokens, k.data(), v.data());
+      absl::StatusOr<v1::SessionInfo> s =
+          client_->CreateSession(SessionRequest(absl::StrCat("t", i)));
+      if (!s.ok()) return void(failures[i] = s.status().ToString());
+      absl::Status st =
+          client_->AppendPrefill(s->session_id(), 0, 0, kTokens, k, v).status();
+      if (!st.ok()) return void(failures[i] = st.ToString());
+      const std::vector<float> query = kv.Query(0, 0);
+      const QueryView view{s->session_id(), query};
+      absl::StatusOr<v1::RetrieveResponse> r =
+          client_->Retrieve(0, v1::RETRIEVE_MODE_EXACT, {&view, 1});
+      if (!r.ok()) return void(failures[i] = r.status().ToString());
+      absl::StatusOr<std::vector<FetchedHead>> f = client_->FetchClusters(
+          s->session_id(), 0, r->results(0).layout_epoch(),
+          RetrievalSlots(r->results(0)));
+      if (!f.ok()) return void(failures[i] = f.status().ToString());
+      const AttentionShape shape{kQHeads, kKvHeads, kHeadDim, DType::kFp16};
+      std::vector<RetrievedKv> retrieved;
+      for (const FetchedHead& head : *f) {
+        retrieved.push_back(RetrievedKv::Of(head.keys, head.values));
+      }
+      const LayerKvView local{k, v, kTokens};
+      absl::StatusOr<std::vector<float>> got =
+          RetrievedAttention(shape, r->results(0), query, retrieved, local);
+      absl::StatusOr<std::vector<float>> want =
+          LocalFullAttention(shape, query, local);
+      if (!got.ok() || !want.ok()) {
+        return void(failures[i] = "attention failed");
+      }
+      for (size_t j = 0; j < want->size(); ++j) {
+        if (std::abs((*got)[j] - (*want)[j]) > 1e-5) {
+          return void(failures[i] = absl::StrCat("output ", j, " differs"));
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kThreads; ++i) {
+    EXPECT_EQ(failures[i], "") << "thread " << i;
+  }
+  EXPECT_EQ(client_->ListSessions()->size(), size_t{kThreads});
 }
 
 TEST(WaveKvClientAuthTest, SendsTheBearerToken) {
