@@ -151,6 +151,36 @@ const char* DTypeProtoName(v1::DType d) {
   }
 }
 
+const char* IndexStateName(v1::IndexState state) {
+  switch (state) {
+    case v1::INDEX_STATE_EMPTY:
+      return "empty";
+    case v1::INDEX_STATE_BUILDING:
+      return "building";
+    case v1::INDEX_STATE_READY:
+      return "ready";
+    case v1::INDEX_STATE_FAILED:
+      return "FAILED";
+    default:
+      return "-";
+  }
+}
+
+// "0-3: 32768, 4: 100": per-layer counts compressed to runs of equal values.
+template <typename Counts>
+std::string LayerRuns(const Counts& counts) {
+  std::vector<std::string> runs;
+  const int n = counts.size();
+  for (int i = 0; i < n;) {
+    int j = i;
+    while (j + 1 < n && counts[j + 1] == counts[i]) ++j;
+    runs.push_back(i == j ? absl::StrCat(i, ": ", counts[i])
+                          : absl::StrCat(i, "-", j, ": ", counts[i]));
+    i = j + 1;
+  }
+  return runs.empty() ? "-" : absl::StrJoin(runs, ", ");
+}
+
 int Health(WaveKvClient& client) {
   absl::StatusOr<ServingStatus> overall = client.Health();
   if (!overall.ok()) return Fail("health", overall.status());
@@ -197,7 +227,7 @@ int List(WaveKvClient& client) {
     return 0;
   }
   TextTable table({"SESSION", "LABEL", "LAYERS", "HEADS q/kv", "DIM", "DTYPE",
-                   "TOKENS", "MEMORY", "DURABILITY", "LAST ACCESS"});
+                   "TOKENS", "MEMORY", "INDEX", "DURABILITY", "LAST ACCESS"});
   uint64_t memory = 0;
   for (const v1::SessionInfo& s : *sessions) {
     memory += s.memory_bytes();
@@ -220,18 +250,6 @@ int Show(WaveKvClient& client, const std::string& id) {
   if (!s.ok()) return Fail("show", s.status());
   const v1::ModelShape& shape = s->shape();
   const v1::IndexOptions& index = s->index_options();
-  // Per-layer tokens, compressed to runs of equal counts.
-  std::vector<std::string> runs;
-  for (int i = 0; i < s->layer_tokens_size();) {
-    int j = i;
-    while (j + 1 < s->layer_tokens_size() &&
-           s->layer_tokens(j + 1) == s->layer_tokens(i)) {
-      ++j;
-    }
-    runs.push_back(i == j ? absl::StrCat(i, ": ", s->layer_tokens(i))
-                          : absl::StrCat(i, "-", j, ": ", s->layer_tokens(i)));
-    i = j + 1;
-  }
   TextTable table({"SESSION", s->session_id()});
   table.AddRow({"label", s->label().empty() ? "-" : s->label()});
   table.AddRow(
@@ -242,7 +260,11 @@ int Show(WaveKvClient& client, const std::string& id) {
   table.AddRow({"tokens", absl::StrCat(s->num_tokens(), " in every layer (",
                                        s->durable_tokens(), " durable), max ",
                                        s->max_tokens(), " per layer")});
-  table.AddRow({"layer tokens", absl::StrJoin(runs, ", ")});
+  table.AddRow({"layer tokens", LayerRuns(s->layer_tokens())});
+  table.AddRow({"index", absl::StrCat(IndexStateName(s->index_state()),
+                                      s->index_error().empty() ? "" : ": ",
+                                      s->index_error())});
+  table.AddRow({"indexed tokens", LayerRuns(s->layer_indexed_tokens())});
   table.AddRow({"memory", FormatBytes(s->memory_bytes())});
   table.AddRow({"durability", DurabilityName(s->durability())});
   table.AddRow(

@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <string>
 #include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "client/attention_reference.h"
 #include "client/synthetic_kv.h"
 #include "client/text_table.h"
@@ -195,6 +197,11 @@ class Demo {
   absl::StatusOr<v1::RetrieveResponse> RetrieveWithFallback(
       uint32_t layer, const std::vector<float>& query, v1::RetrieveMode& mode,
       absl::Duration& took);
+  // Counts a WAVE call answered in EXACT; explains the first one.
+  void NoteWaveFallback(const std::string& why);
+  // WAVE mode: polls GetSession until the wave index is ready (or failed,
+  // or options_.index_wait passed), showing its progress.
+  absl::Status WaitForIndex();
   void PrintSummary();
 
   WaveKvClient& client_;
@@ -286,22 +293,33 @@ absl::StatusOr<v1::RetrieveResponse> Demo::RetrieveWithFallback(
     absl::Duration& took) {
   const QueryView view{report_.session_id, query};
   while (true) {
+    RetrieveParams params;
+    params.layer = layer;
+    params.mode = mode;
+    params.include_kv = include_kv_;
+    // Layers whose index is not ready are answered in EXACT (result.mode).
+    params.exact_if_not_ready = mode == v1::RETRIEVE_MODE_WAVE;
     const absl::Time t0 = absl::Now();
     absl::StatusOr<v1::RetrieveResponse> response =
-        client_.Retrieve(layer, mode, {&view, 1}, include_kv_);
+        client_.Retrieve(params, {&view, 1});
     took = absl::Now() - t0;
-    if (response.ok()) return response;
+    if (response.ok()) {
+      if (mode == v1::RETRIEVE_MODE_WAVE && response->results_size() == 1 &&
+          response->results(0).mode() == v1::RETRIEVE_MODE_EXACT) {
+        NoteWaveFallback(absl::StrCat("the wave index of layer ", layer,
+                                      " is not ready yet"));
+        mode = v1::RETRIEVE_MODE_EXACT;
+      }
+      return response;
+    }
     const absl::StatusCode code = response.status().code();
+    // A server that cannot serve WAVE at all (or whose index build failed):
+    // ask again in EXACT.
     if (mode == v1::RETRIEVE_MODE_WAVE &&
         (code == absl::StatusCode::kUnavailable ||
-         code == absl::StatusCode::kUnimplemented)) {
-      if (!wave_note_printed_) {
-        out_ << "  note: the server does not serve WAVE retrieval here ("
-             << response.status()
-             << "); those calls use EXACT and show as exact*\n";
-        wave_note_printed_ = true;
-      }
-      ++report_.wave_fallbacks;
+         code == absl::StatusCode::kUnimplemented ||
+         code == absl::StatusCode::kFailedPrecondition)) {
+      NoteWaveFallback(response.status().ToString());
       mode = v1::RETRIEVE_MODE_EXACT;
       continue;
     }
@@ -312,6 +330,54 @@ absl::StatusOr<v1::RetrieveResponse> Demo::RetrieveWithFallback(
       continue;
     }
     return response;
+  }
+}
+
+void Demo::NoteWaveFallback(const std::string& why) {
+  ++report_.wave_fallbacks;
+  if (wave_note_printed_) return;
+  wave_note_printed_ = true;
+  out_ << "  note: WAVE answered in EXACT (" << why
+       << "); such rows show as exact*\n";
+}
+
+absl::Status Demo::WaitForIndex() {
+  const absl::Time deadline = absl::Now() + options_.index_wait;
+  const absl::Time t0 = absl::Now();
+  while (true) {
+    ASSIGN_OR_RETURN(v1::SessionInfo info,
+                     client_.GetSession(report_.session_id));
+    uint64_t indexed = 0, total = 0;
+    for (int l = 0; l < info.layer_indexed_tokens_size(); ++l) {
+      indexed += info.layer_indexed_tokens(l);
+    }
+    for (uint64_t t : info.layer_tokens()) total += t;
+    const std::string progress = absl::StrFormat(
+        "wave index: %d of %d tokens indexed over %d layers (%s)", indexed,
+        total, info.layer_tokens_size(), FormatLatency(absl::Now() - t0));
+    switch (info.index_state()) {
+      case v1::INDEX_STATE_READY:
+        out_ << (options_.interactive ? "\r" : "") << progress << ", ready\n\n";
+        return absl::OkStatus();
+      case v1::INDEX_STATE_FAILED:
+        out_ << (options_.interactive ? "\r" : "") << progress
+             << ", FAILED: " << info.index_error()
+             << "\n  WAVE calls will be answered in EXACT\n\n";
+        return absl::OkStatus();
+      case v1::INDEX_STATE_UNSPECIFIED:
+        out_ << "wave index: the server does not report index progress\n\n";
+        return absl::OkStatus();
+      default:
+        break;
+    }
+    if (absl::Now() >= deadline) {
+      out_ << (options_.interactive ? "\r" : "") << progress
+           << ", not ready after " << FormatLatency(options_.index_wait)
+           << ": layers without an index are answered in EXACT\n\n";
+      return absl::OkStatus();
+    }
+    if (options_.interactive) out_ << "\r" << progress << "   " << std::flush;
+    absl::SleepFor(absl::Milliseconds(200));
   }
 }
 
@@ -474,8 +540,8 @@ void Demo::PrintSummary() {
   } else if (report_.wave_fallbacks > 0) {
     out_ << "wave: " << report_.wave_fallbacks << " of "
          << report_.samples.size()
-         << " calls fell back to exact (the server could not serve WAVE)"
-         << (wave_served ? "" : "; no call was served in WAVE") << "\n";
+         << " calls were answered in exact (see the note above)"
+         << (wave_served ? "" : "; none in wave") << "\n";
   }
   if (!report_.decode_appends.empty()) {
     out_ << absl::StrFormat(
@@ -502,6 +568,8 @@ absl::StatusOr<DemoReport> Demo::Run() {
   RETURN_IF_ERROR(CreateSession());
   absl::Status status = [&]() -> absl::Status {
     RETURN_IF_ERROR(Prefill());
+    if (options_.mode == v1::RETRIEVE_MODE_WAVE)
+      RETURN_IF_ERROR(WaitForIndex());
     out_ << "decode: per step one Append of every layer, then per layer "
             "Retrieve -> fetch -> attention, checked against full attention\n";
     out_ << absl::StrFormat("%5s %5s  %-6s %8s %9s %9s %9s %9s %9s %10s %9s\n",

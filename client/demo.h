@@ -32,9 +32,11 @@ struct DemoOptions {
   uint64_t context_tokens = 32768;  // prefill length, >= 1
   uint32_t decode_steps = 16;       // >= 0
   uint64_t seed = 1;
-  // EXACT, or WAVE (calls the server cannot serve in WAVE, UNAVAILABLE or
-  // UNIMPLEMENTED, fall back to EXACT and are reported as such).
+  // EXACT, or WAVE. In WAVE the demo first waits (up to index_wait) for
+  // the server's background index build; layers still without an index, or
+  // a server that cannot serve WAVE, are answered in EXACT and reported so.
   v1::RetrieveMode mode = v1::RETRIEVE_MODE_EXACT;
+  absl::Duration index_wait = absl::Seconds(120);
   // Ask Retrieve for the K/V inline; above the server's inline limit the
   // demo says so and uses FetchClusters instead.
   bool include_kv = false;

@@ -295,12 +295,21 @@ absl::StatusOr<v1::AppendResponse> WaveKvClient::AppendDecode(
 }
 
 absl::StatusOr<v1::RetrieveResponse> WaveKvClient::Retrieve(
-    uint32_t layer, v1::RetrieveMode mode, absl::Span<const QueryView> queries,
-    bool include_kv) {
+    uint32_t layer, v1::RetrieveMode mode,
+    absl::Span<const QueryView> queries) {
+  RetrieveParams params;
+  params.layer = layer;
+  params.mode = mode;
+  return Retrieve(params, queries);
+}
+
+absl::StatusOr<v1::RetrieveResponse> WaveKvClient::Retrieve(
+    const RetrieveParams& params, absl::Span<const QueryView> queries) {
   v1::RetrieveRequest request;
-  request.set_layer(layer);
-  request.set_mode(mode);
-  request.set_include_kv(include_kv);
+  request.set_layer(params.layer);
+  request.set_mode(params.mode);
+  request.set_include_kv(params.include_kv);
+  request.set_exact_if_not_ready(params.exact_if_not_ready);
   for (const QueryView& q : queries) {
     v1::SessionQuery* sq = request.add_queries();
     sq->set_session_id(q.session_id);

@@ -95,6 +95,18 @@ struct QueryView {
   absl::Span<const float> query;
 };
 
+// What one Retrieve call asks for (RetrieveRequest without the queries).
+struct RetrieveParams {
+  uint32_t layer = 0;
+  v1::RetrieveMode mode = v1::RETRIEVE_MODE_EXACT;
+  // Return the retrieval zone's K/V inline (RESOURCE_EXHAUSTED above the
+  // server's max_inline_kv_bytes: use FetchClusters then).
+  bool include_kv = false;
+  // WAVE on a layer whose index is not ready: answer that session in EXACT
+  // instead of failing the call with UNAVAILABLE.
+  bool exact_if_not_ready = false;
+};
+
 // The reassembled answer of FetchClusters for one kv head: the K/V of its
 // requested ranges, concatenated in request order — the same layout as
 // Retrieve's inline KvHeadResult.keys/values — and each slot's position.
@@ -159,10 +171,13 @@ class WaveKvClient {
       v1::Durability durability = v1::DURABILITY_UNSPECIFIED);
 
   // One Retrieve for a batch of sessions at one layer; results come in
-  // query order.
+  // query order. Each SessionResult.mode says which mode answered it.
+  absl::StatusOr<v1::RetrieveResponse> Retrieve(
+      const RetrieveParams& params, absl::Span<const QueryView> queries);
+  // Shorthand: no inline K/V, no EXACT fallback.
   absl::StatusOr<v1::RetrieveResponse> Retrieve(
       uint32_t layer, v1::RetrieveMode mode,
-      absl::Span<const QueryView> queries, bool include_kv = false);
+      absl::Span<const QueryView> queries);
 
   // Streams the K/V of `heads`' slot ranges and reassembles them: one
   // FetchedHead per requested head, in request order. Every chunk is checked

@@ -284,8 +284,8 @@ TEST_F(WaveKvClientTest, RetrieveAndFetchRoundTripTheStoredKv) {
   }
 
   // The same K/V inline, and attention over it equals full attention.
-  absl::StatusOr<v1::RetrieveResponse> inline_response =
-      client_->Retrieve(1, v1::RETRIEVE_MODE_EXACT, {&view, 1}, true);
+  absl::StatusOr<v1::RetrieveResponse> inline_response = client_->Retrieve(
+      RetrieveParams{.layer = 1, .include_kv = true}, {&view, 1});
   ASSERT_TRUE(inline_response.ok()) << inline_response.status();
   const v1::SessionResult& inline_result = inline_response->results(0);
   for (uint32_t h = 0; h < kKvHeads; ++h) {
@@ -486,6 +486,9 @@ TEST(WaveKvDemoTest, SmallDemoRunsEndToEndAndChecksEveryAnswer) {
       if (s.mode == v1::RETRIEVE_MODE_EXACT) {
         EXPECT_EQ(s.retrieved_tokens, s.num_tokens);
         EXPECT_LT(s.rel_error, 1e-5);
+      } else {  // WAVE: an estimate, but a finite one over fewer tokens
+        EXPECT_TRUE(std::isfinite(s.rel_error));
+        EXPECT_LE(s.retrieved_tokens, s.num_tokens);
       }
     }
     EXPECT_EQ(report->prefill_bytes, 2 * 2 * 600 * (2 * 64 * 2));
