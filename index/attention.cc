@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
+#include <utility>
 
 #include "index/simd.h"
 
@@ -25,8 +27,14 @@ WAVEKV_MULTIVERSION
 void BlockLogits(const float* __restrict q, const float* __restrict k,
                  size_t num_tokens, size_t head_dim, float scale,
                  float* __restrict logits) {
-  for (size_t t = 0; t < num_tokens; ++t) {
-    logits[t] = scale * simd::Dot(q, k + t * head_dim, head_dim);
+  size_t t = 0;
+  for (; t + 4 <= num_tokens; t += 4) {
+    simd::DotRows<4>(q, k + t * head_dim, head_dim, head_dim, scale,
+                     logits + t);
+  }
+  for (; t < num_tokens; ++t) {
+    simd::DotRows<1>(q, k + t * head_dim, head_dim, head_dim, scale,
+                     logits + t);
   }
 }
 
@@ -43,13 +51,11 @@ void BlockAccumulate(const float* __restrict p, const float* __restrict v,
 // p[t] = e^{p[t] - m} in place; returns Σ p[t].
 WAVEKV_MULTIVERSION
 float ExpShiftSum(float* __restrict p, size_t n, float m) {
-  float sum = 0.0f;
-  for (size_t t = 0; t < n; ++t) {
-    p[t] = simd::Exp(p[t] - m);
-    sum += p[t];
-  }
-  return sum;
+  return simd::ExpShiftSum(p, n, m);
 }
+
+WAVEKV_MULTIVERSION
+float BlockMax(const float* p, size_t n) { return simd::ReduceMax(p, n); }
 
 WAVEKV_MULTIVERSION
 void ScaleVector(float a, float* y, size_t n) { simd::Scale(a, y, n); }
@@ -62,68 +68,80 @@ AttentionPartial AttentionPartial::Empty(size_t head_dim) {
   return p;
 }
 
-AttentionPartial PartialAttention(absl::Span<const float> query,
-                                  const KvView& kv, float scale) {
+std::vector<AttentionPartial> PartialAttentionGroup(
+    absl::Span<const float> queries, size_t num_heads, const KvView& kv,
+    float scale) {
   const size_t d = kv.head_dim;
-  if (query.size() != d) ContractViolation("query.size() != kv.head_dim");
-  AttentionPartial out = AttentionPartial::Empty(d);
-  if (kv.num_tokens == 0 || d == 0) return out;
+  if (queries.size() != num_heads * d) {
+    ContractViolation("queries.size() != num_heads * kv.head_dim");
+  }
+  std::vector<AttentionPartial> out(num_heads, AttentionPartial::Empty(d));
+  if (kv.num_tokens == 0 || d == 0 || num_heads == 0) return out;
   if (kv.keys == nullptr || kv.values == nullptr) {
     ContractViolation("kv.keys/kv.values null with num_tokens > 0");
   }
 
   const size_t row_bytes = d * DTypeBytes(kv.dtype);
-  // Aligned fp32 K/V are read in place; anything else is decoded (copied)
-  // block by block into fp32 scratch.
+  // Aligned fp32 K/V are read in place; anything else is decoded block by
+  // block into fp32 scratch, once for all heads.
   const bool fp32_in_place =
       kv.dtype == DType::kFp32 &&
       reinterpret_cast<uintptr_t>(kv.keys) % alignof(float) == 0 &&
       reinterpret_cast<uintptr_t>(kv.values) % alignof(float) == 0;
-  // One allocation per call: K block, V block, logits.
-  std::vector<float> scratch(2 * kBlockTokens * d + kBlockTokens);
-  float* kbuf = scratch.data();
-  float* vbuf = kbuf + kBlockTokens * d;
-  float* logits = vbuf + kBlockTokens * d;
+  const size_t block = std::min(kBlockTokens, kv.num_tokens);
+  // Uninitialised scratch: K block, V block, per-head logits.
+  auto scratch =
+      std::make_unique_for_overwrite<float[]>((2 * d + num_heads) * block);
+  float* kbuf = scratch.get();
+  float* vbuf = kbuf + block * d;
+  float* logits = vbuf + block * d;
 
-  float m = -std::numeric_limits<float>::infinity();
-  float den = 0.0f;
-  float* num = out.numerator.data();
-  for (size_t t0 = 0; t0 < kv.num_tokens; t0 += kBlockTokens) {
-    const size_t nb = std::min(kBlockTokens, kv.num_tokens - t0);
-    const float* keys;
+  for (size_t t0 = 0; t0 < kv.num_tokens; t0 += block) {
+    const size_t nb = std::min(block, kv.num_tokens - t0);
+    const float* keys = kbuf;
     if (fp32_in_place) {
       keys = reinterpret_cast<const float*>(kv.keys + t0 * row_bytes);
     } else {
       DecodeToFloat(kv.dtype, kv.keys + t0 * row_bytes, nb * d, kbuf);
-      keys = kbuf;
     }
-    BlockLogits(query.data(), keys, nb, d, scale, logits);
-    float block_max = -std::numeric_limits<float>::infinity();
-    for (size_t t = 0; t < nb; ++t) block_max = std::max(block_max, logits[t]);
-    // Tokens with logit -inf carry no weight; a block of only those is
-    // skipped (and would otherwise produce inf - inf).
-    if (!(block_max > -std::numeric_limits<float>::infinity())) continue;
-    if (block_max > m) {
-      // Running-max rescale (online softmax): exp(-inf) = 0 on the first
-      // block, so the (zero) accumulators simply restart.
-      const float c = std::exp(m - block_max);
-      den *= c;
-      ScaleVector(c, num, d);
-      m = block_max;
+    for (size_t h = 0; h < num_heads; ++h) {
+      BlockLogits(queries.data() + h * d, keys, nb, d, scale,
+                  logits + h * block);
     }
-    den += ExpShiftSum(logits, nb, m);
-    const float* values;
+    const float* values = vbuf;
     if (fp32_in_place) {
       values = reinterpret_cast<const float*>(kv.values + t0 * row_bytes);
     } else {
       DecodeToFloat(kv.dtype, kv.values + t0 * row_bytes, nb * d, vbuf);
-      values = vbuf;
     }
-    BlockAccumulate(logits, values, nb, d, num);
+    for (size_t h = 0; h < num_heads; ++h) {
+      AttentionPartial& p = out[h];
+      float* l = logits + h * block;
+      const float block_max = BlockMax(l, nb);
+      // Tokens with logit -inf carry no weight; a block of only those is
+      // skipped (and would otherwise produce inf - inf).
+      if (!(block_max > -std::numeric_limits<float>::infinity())) continue;
+      if (block_max > p.max_logit) {
+        // Running-max rescale (online softmax): exp(-inf) = 0 on the first
+        // block, so the (zero) accumulators simply restart.
+        const float c = std::exp(p.max_logit - block_max);
+        p.denominator *= c;
+        ScaleVector(c, p.numerator.data(), d);
+        p.max_logit = block_max;
+      }
+      p.denominator += ExpShiftSum(l, nb, p.max_logit);
+      BlockAccumulate(l, values, nb, d, p.numerator.data());
+    }
   }
-  out.max_logit = m;
-  out.denominator = den;
   return out;
+}
+
+AttentionPartial PartialAttention(absl::Span<const float> query,
+                                  const KvView& kv, float scale) {
+  if (query.size() != kv.head_dim) {
+    ContractViolation("query.size() != kv.head_dim");
+  }
+  return std::move(PartialAttentionGroup(query, 1, kv, scale)[0]);
 }
 
 void MergeInto(AttentionPartial& a, const AttentionPartial& b) {

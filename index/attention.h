@@ -46,6 +46,13 @@ struct KvView {
 AttentionPartial PartialAttention(absl::Span<const float> query,
                                   const KvView& kv, float scale);
 
+// PartialAttention for the `num_heads` query heads of a GQA group at once
+// (queries: [num_heads][head_dim] fp32): K/V are read and decoded once for
+// all heads. Returns one partial per head, in order.
+std::vector<AttentionPartial> PartialAttentionGroup(
+    absl::Span<const float> queries, size_t num_heads, const KvView& kv,
+    float scale);
+
 // Merges `b` into `a` with a log-sum-exp rescale. Either may be empty.
 // REQUIRES: equal numerator sizes (or an empty one with no numerator).
 void MergeInto(AttentionPartial& a, const AttentionPartial& b);

@@ -155,6 +155,31 @@ TEST_P(AttentionTest, LargeLogitsDoNotOverflow) {
   ExpectNear(Finalize(a), Reference(q, kv, scale, 0, n), 1e-4);
 }
 
+TEST_P(AttentionTest, GroupEqualsPerHead) {
+  const auto [dtype, d] = GetParam();
+  const size_t n = 77, g = 5;
+  const TestKv kv = MakeKv(dtype, d, n, 2.0f, 30);
+  std::vector<float> queries;
+  for (size_t h = 0; h < g; ++h) {
+    const auto q = RandomQuery(d, 40 + h);
+    queries.insert(queries.end(), q.begin(), q.end());
+  }
+  const float scale = DefaultScale(d);
+  const auto group = PartialAttentionGroup(queries, g, kv.View(), scale);
+  ASSERT_EQ(group.size(), g);
+  for (size_t h = 0; h < g; ++h) {
+    const std::vector<float> q(queries.begin() + h * d,
+                               queries.begin() + (h + 1) * d);
+    const AttentionPartial one = PartialAttention(q, kv.View(), scale);
+    EXPECT_EQ(group[h].max_logit, one.max_logit);
+    EXPECT_EQ(group[h].denominator, one.denominator);
+    EXPECT_EQ(group[h].numerator, one.numerator);
+    ExpectNear(Finalize(group[h]), Reference(q, kv, scale, 0, n), 2e-5);
+  }
+  EXPECT_TRUE(
+      PartialAttentionGroup(queries, g, kv.View(0, 0), scale)[4].empty());
+}
+
 INSTANTIATE_TEST_SUITE_P(
     DTypesAndDims, AttentionTest,
     ::testing::Combine(

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <iterator>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -17,37 +19,100 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 WAVEKV_MULTIVERSION
 void AccumulateSoftmax(const float* __restrict logits, size_t n,
                        float* __restrict probs, float* __restrict score) {
-  float m = kNegInf;
-  for (size_t c = 0; c < n; ++c) m = std::max(m, logits[c]);
-  float z = 0.0f;
-  for (size_t c = 0; c < n; ++c) {
-    probs[c] = simd::Exp(logits[c] - m);
-    z += probs[c];
-  }
-  const float inv = 1.0f / z;
+  const float m = simd::ReduceMax(logits, n);
+  std::copy(logits, logits + n, probs);
+  const float inv = 1.0f / simd::ExpShiftSum(probs, n, m);
   for (size_t c = 0; c < n; ++c) score[c] += probs[c] * inv;
 }
 
-// Tail statistics of one query head over the estimation zone.
+// Query heads whose tail numerators are accumulated together.
+constexpr size_t kHeadTile = 4;
+
+// Tail statistics of every query head over the estimation zone `zone`.
+// `weights` holds RoundUp(group_size, kHeadTile) + 1 rows of zone.size().
+// Each value sum is read once and applied to all heads.
 WAVEKV_MULTIVERSION
-void TailPartial(const float* __restrict logits,
-                 absl::Span<const ClusterId> zone, const WaveIndex& index,
-                 float* __restrict weights, AttentionPartial& out) {
+void TailPartials(const float* __restrict logits, size_t k, size_t group_size,
+                  absl::Span<const ClusterId> zone, const WaveIndex& index,
+                  float* __restrict weights,
+                  std::vector<AttentionPartial>& out) {
   const size_t d = index.head_dim();
-  float m = kNegInf;
-  for (ClusterId c : zone) m = std::max(m, logits[c]);
-  float den = 0.0f;
-  for (size_t i = 0; i < zone.size(); ++i) {
-    weights[i] = simd::Exp(logits[zone[i]] - m);
+  const size_t e = zone.size();
+  const size_t padded = (group_size + kHeadTile - 1) / kHeadTile * kHeadTile;
+  // Rows group_size .. padded - 1 are zero weights (padding of the last
+  // head tile); cluster sizes as floats are the last row.
+  std::fill(weights + group_size * e, weights + padded * e, 0.0f);
+  float* sizes = weights + padded * e;
+  for (size_t i = 0; i < e; ++i) {
+    sizes[i] = static_cast<float>(index.cluster_size(zone[i]));
   }
-  for (size_t i = 0; i < zone.size(); ++i) {
-    // Tail estimate: denominator Σ s_c e^{l_c}, numerator Σ e^{l_c} VS_c.
-    den += static_cast<float>(index.cluster_size(zone[i])) * weights[i];
-    simd::Axpy(weights[i], index.value_sum(zone[i]).data(),
-               out.numerator.data(), d);
+  for (size_t h = 0; h < group_size; ++h) {
+    const float* l = logits + h * k;
+    float* w = weights + h * e;
+    for (size_t i = 0; i < e; ++i) w[i] = l[zone[i]];
+    const float m = simd::ReduceMax(w, e);
+    simd::ExpShiftSum(w, e, m);
+    out[h].max_logit = m;
+    // Tail estimate: denominator Σ s_c e^{l_c - m} (DESIGN.md, step 3).
+    out[h].denominator = simd::Dot(sizes, w, e);
   }
-  out.max_logit = m;
-  out.denominator = den;
+  // Numerator Σ e^{l_c - m} VS_c: per 16 dims, the heads' sums stay in
+  // registers while the zone's value sums stream by once.
+  const float* vs_base = index.value_sums().data();
+  for (size_t h0 = 0; h0 < group_size; h0 += kHeadTile) {
+    const float* w = weights + h0 * e;  // rows h0 .. h0 + kHeadTile - 1
+    size_t j = 0;
+    for (; j + simd::kVecLanes <= d; j += simd::kVecLanes) {
+      simd::F16 acc[kHeadTile] = {};
+      for (size_t i = 0; i < e; ++i) {
+        const simd::F16 v = simd::LoadF16(vs_base + zone[i] * d + j);
+        for (size_t h = 0; h < kHeadTile; ++h) acc[h] += w[h * e + i] * v;
+      }
+      for (size_t h = 0; h < kHeadTile && h0 + h < group_size; ++h) {
+        simd::StoreF16(out[h0 + h].numerator.data() + j, acc[h]);
+      }
+    }
+    for (; j < d; ++j) {
+      for (size_t h = 0; h < kHeadTile && h0 + h < group_size; ++h) {
+        float acc = 0.0f;
+        for (size_t i = 0; i < e; ++i)
+          acc += w[h * e + i] * vs_base[zone[i] * d + j];
+        out[h0 + h].numerator[j] = acc;
+      }
+    }
+  }
+}
+
+// The `n` best of `candidates` under the strict order (score desc, id asc),
+// returned in id order. `candidates` must be in id order.
+std::vector<ClusterId> TopN(absl::Span<const ClusterId> candidates,
+                            const std::vector<float>& score, size_t n) {
+  if (n >= candidates.size()) {
+    return std::vector<ClusterId>(candidates.begin(), candidates.end());
+  }
+  std::vector<ClusterId> out;
+  if (n == 0) return out;
+  std::vector<float> values(candidates.size());
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    values[i] = score[candidates[i]];
+  }
+  std::nth_element(values.begin(), values.begin() + (n - 1), values.end(),
+                   std::greater<float>());
+  const float threshold = values[n - 1];
+  size_t above = 0;
+  for (ClusterId c : candidates) above += score[c] > threshold;
+  // Ties at the threshold go to the lower ids.
+  size_t ties = n - above;
+  out.reserve(n);
+  for (ClusterId c : candidates) {
+    if (score[c] > threshold) {
+      out.push_back(c);
+    } else if (score[c] == threshold && ties > 0) {
+      out.push_back(c);
+      --ties;
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -103,34 +168,36 @@ absl::StatusOr<RetrievalPlan> PlanRetrieval(const WaveIndex& index,
     AccumulateSoftmax(logits.data() + h * k, k, scratch.data(), score.data());
   }
 
-  // Non-empty clusters ordered by (score desc, id asc): a strict total
-  // order, so selection is deterministic.
-  std::vector<ClusterId> order;
-  order.reserve(index.num_nonempty_clusters());
+  // Zones under the strict order (score desc, id asc), so selection is
+  // deterministic: first the r + e best non-empty clusters, then the r best
+  // of those.
+  std::vector<ClusterId> nonempty;
+  nonempty.reserve(index.num_nonempty_clusters());
   for (size_t c = 0; c < k; ++c) {
-    if (sizes[c] > 0) order.push_back(static_cast<ClusterId>(c));
+    if (sizes[c] > 0) nonempty.push_back(static_cast<ClusterId>(c));
   }
-  auto better = [&score](ClusterId a, ClusterId b) {
-    return score[a] > score[b] || (score[a] == score[b] && a < b);
-  };
   const size_t r = budget.retrieval_clusters;
   const size_t e = budget.estimation_clusters;
-  const auto zone_end = order.begin() + r + e;
-  if (zone_end < order.end()) {
-    std::nth_element(order.begin(), zone_end, order.end(), better);
-  }
-  if (r < r + e)
-    std::nth_element(order.begin(), order.begin() + r, zone_end, better);
-  std::sort(order.begin(), order.begin() + r, better);
-  std::sort(order.begin() + r, zone_end, better);
-  plan.retrieval_clusters.assign(order.begin(), order.begin() + r);
-  plan.estimation_clusters.assign(order.begin() + r, zone_end);
+  const std::vector<ClusterId> zones = TopN(nonempty, score, r + e);
+  plan.retrieval_clusters = TopN(zones, score, r);
+  std::sort(plan.retrieval_clusters.begin(), plan.retrieval_clusters.end(),
+            [&score](ClusterId a, ClusterId b) {
+              return score[a] > score[b] || (score[a] == score[b] && a < b);
+            });
+  // Estimation zone: the rest of `zones`, kept in id order (value sums are
+  // then read in memory order).
+  plan.estimation_clusters.reserve(e);
+  std::vector<ClusterId> retrieved_by_id = plan.retrieval_clusters;
+  std::sort(retrieved_by_id.begin(), retrieved_by_id.end());
+  std::set_difference(zones.begin(), zones.end(), retrieved_by_id.begin(),
+                      retrieved_by_id.end(),
+                      std::back_inserter(plan.estimation_clusters));
 
   if (e > 0) {
-    for (size_t h = 0; h < group_size; ++h) {
-      TailPartial(logits.data() + h * k, plan.estimation_clusters, index,
-                  scratch.data(), plan.tail[h]);
-    }
+    std::vector<float> weights(
+        ((group_size + kHeadTile - 1) / kHeadTile * kHeadTile + 1) * e);
+    TailPartials(logits.data(), k, group_size, plan.estimation_clusters, index,
+                 weights.data(), plan.tail);
   }
   return plan;
 }

@@ -32,7 +32,7 @@ namespace wavekv {
 struct RetrievalPlan {
   // Retrieval zone, best first (ties to the lower cluster id).
   std::vector<ClusterId> retrieval_clusters;
-  // Estimation zone, in rank order.
+  // Estimation zone, in cluster id order.
   std::vector<ClusterId> estimation_clusters;
   // One per query head of the group: the estimation zone's partial softmax
   // (empty, i.e. max_logit -inf and denominator 0, when the zone is empty).

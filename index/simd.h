@@ -91,6 +91,65 @@ WAVEKV_INLINE F16 LoadF16(const float* p) {
 }
 WAVEKV_INLINE void StoreF16(float* p, F16 v) { *reinterpret_cast<F16*>(p) = v; }
 
+// max_i x[i] (-inf for n == 0), vectorised; NaNs are ignored unless first.
+WAVEKV_INLINE float ReduceMax(const float* x, size_t n) {
+  constexpr float kNegInf = -__builtin_inff();
+  F16 acc = F16{} + kNegInf;
+  size_t i = 0;
+  for (; i + kVecLanes <= n; i += kVecLanes) {
+    const F16 v = LoadF16(x + i);
+    acc = v > acc ? v : acc;
+  }
+  float m = kNegInf;
+  for (size_t u = 0; u < kVecLanes; ++u) m = acc[u] > m ? acc[u] : m;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// Σ_i x[i] with 16 independent partial sums (vectorised).
+WAVEKV_INLINE float ReduceSum(const float* x, size_t n) {
+  F16 acc = F16{};
+  size_t i = 0;
+  for (; i + kVecLanes <= n; i += kVecLanes) acc += LoadF16(x + i);
+  float s = 0.0f;
+  for (; i < n; ++i) s += x[i];
+  for (size_t u = 0; u < kVecLanes; ++u) s += acc[u];
+  return s;
+}
+
+WAVEKV_INLINE float HorizontalSum(F16 v) {
+  float s = 0.0f;
+  for (size_t u = 0; u < kVecLanes; ++u) s += v[u];
+  return s;
+}
+
+// out[r] = scale * q·rows[r] for R rows of length n (row stride `stride`
+// floats): R independent accumulator chains share each load of q.
+template <size_t R>
+WAVEKV_INLINE void DotRows(const float* __restrict q,
+                           const float* __restrict rows, size_t stride,
+                           size_t n, float scale, float* __restrict out) {
+  F16 acc[R];
+  for (size_t r = 0; r < R; ++r) acc[r] = F16{};
+  size_t j = 0;
+  for (; j + kVecLanes <= n; j += kVecLanes) {
+    const F16 qv = LoadF16(q + j);
+    for (size_t r = 0; r < R; ++r)
+      acc[r] += qv * LoadF16(rows + r * stride + j);
+  }
+  for (size_t r = 0; r < R; ++r) {
+    float s = HorizontalSum(acc[r]);
+    for (size_t jj = j; jj < n; ++jj) s += q[jj] * rows[r * stride + jj];
+    out[r] = scale * s;
+  }
+}
+
+// x[i] = e^{x[i] - m} in place; returns Σ x[i].
+WAVEKV_INLINE float ExpShiftSum(float* __restrict x, size_t n, float m) {
+  for (size_t i = 0; i < n; ++i) x[i] = Exp(x[i] - m);
+  return ReduceSum(x, n);
+}
+
 }  // namespace wavekv::simd
 
 #endif  // WAVEKV_INDEX_SIMD_H_
