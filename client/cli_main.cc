@@ -237,11 +237,13 @@ int List(WaveKvClient& client) {
          absl::StrCat(s.shape().num_q_heads(), "/", s.shape().num_kv_heads()),
          absl::StrCat(s.shape().head_dim()), DTypeProtoName(s.shape().dtype()),
          absl::StrCat(s.num_tokens()), FormatBytes(s.memory_bytes()),
-         DurabilityName(s.durability()),
+         IndexStateName(s.index_state()), DurabilityName(s.durability()),
          FormatUnixMs(s.last_access_unix_ms())});
   }
   table.Print(std::cout);
-  std::cout << sessions->size() << " sessions, " << FormatBytes(memory) << "\n";
+  std::cout << sessions->size()
+            << (sessions->size() == 1 ? " session, " : " sessions, ")
+            << FormatBytes(memory) << "\n";
   return 0;
 }
 
@@ -268,7 +270,7 @@ int Show(WaveKvClient& client, const std::string& id) {
   table.AddRow({"memory", FormatBytes(s->memory_bytes())});
   table.AddRow({"durability", DurabilityName(s->durability())});
   table.AddRow(
-      {"index",
+      {"index options",
        absl::StrCat("sinks ", index.sink_tokens(), ", recent ",
                     index.recent_tokens(), ", segment ", index.segment_tokens(),
                     ", cluster ", index.cluster_size(), ", k-means ",
