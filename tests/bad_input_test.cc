@@ -227,6 +227,15 @@ Rejection Invalid(std::vector<std::string> names) {
   return {StatusCode::INVALID_ARGUMENT, std::move(names)};
 }
 
+// A slot range past the layer's current end depends on the state (the
+// layer may grow), so FAILED_PRECONDITION fits the proto's convention;
+// INVALID_ARGUMENT is accepted too.
+Rejection PastTheEnd(std::vector<std::string> names) {
+  return {StatusCode::FAILED_PRECONDITION,
+          std::move(names),
+          {StatusCode::INVALID_ARGUMENT}};
+}
+
 // --------------------------------------------------------------- Create
 
 TEST_F(BadInputTest, CreateSessionRejectsMalformedRequests) {
@@ -636,13 +645,13 @@ TEST_F(BadInputTest, FetchClustersRejectsMalformedRequestsBeforeStreaming) {
        [](R& r) {
          r.mutable_heads(0)->mutable_ranges(0)->set_first_slot(1ull << 40);
        },
-       Invalid({"heads[0].ranges[0]"})},
+       PastTheEnd({"heads[0].ranges[0]"})},
       {"range one slot too long",
        [](R& r) {
          auto* range = r.mutable_heads(0)->mutable_ranges(0);
          range->set_num_slots(range->num_slots() + 1);
        },
-       Invalid({"heads[0].ranges[0]"})},
+       PastTheEnd({"heads[0].ranges[0]"})},
       {"bad second range after a good one",
        [](R& r) {
          v1::SlotRange* bad = r.mutable_heads(0)->add_ranges();

@@ -459,5 +459,85 @@ TEST_F(ConcurrencyTest, ReadersSeeExactlyWhatWritersAppendedUnderChurn) {
   EXPECT_TRUE(exit->ok()) << exit->ToString() << "\n" << server_->StderrTail();
 }
 
+// Several clients race to append the same decode steps (every layer at
+// once) to one session: each step must be applied exactly once, never
+// half-applied, and the losers must be told FAILED_PRECONDITION.
+TEST_F(ConcurrencyTest, RacingAppendsOfTheSameStepApplyItOnce) {
+  constexpr uint64_t kSteps = 150;
+  constexpr int kRacers = 4;
+  const v1::ModelShape shape = MakeShape(4, 4, 2, 32, v1::DTYPE_FP16);
+  KvPattern pattern(77, shape);
+  auto stub = NewStub();
+  auto created =
+      CallCreateSession(*stub, kNoToken, SessionRequest(shape, "race"));
+  ASSERT_TRUE(created.ok()) << StatusText(created.status);
+  const std::string id = created.response.session().session_id();
+
+  std::atomic<int64_t> applied{0};
+  std::atomic<int64_t> refused{0};
+  std::vector<std::thread> racers;
+  for (int r = 0; r < kRacers; ++r) {
+    racers.emplace_back([&, r] {
+      auto my_stub = NewStub();
+      std::mt19937_64 rng(r);
+      while (true) {
+        auto info = CallGetSession(*my_stub, kNoToken, id);
+        if (!info.ok()) {
+          failures_.Add("GetSession: " + StatusText(info.status));
+          return;
+        }
+        for (uint64_t n : info.response.layer_tokens()) {
+          if (n != info.response.num_tokens()) {
+            failures_.Add(
+                "layers of different lengths: an Append was "
+                "half-applied");
+            return;
+          }
+        }
+        uint64_t step = info.response.num_tokens();
+        if (step >= kSteps) return;
+        if (step > 0 && rng() % 8 == 0) --step;  // a stale retry
+        v1::AppendRequest request;
+        request.set_session_id(id);
+        for (uint32_t l = 0; l < shape.num_layers(); ++l) {
+          *request.add_layers() = pattern.Layer(l, step, 1);
+        }
+        auto answer = CallAppend(*my_stub, kNoToken, request);
+        if (answer.ok()) {
+          applied++;
+        } else if (answer.status.error_code() ==
+                   grpc::StatusCode::FAILED_PRECONDITION) {
+          refused++;
+        } else {
+          failures_.Add("Append: " + StatusText(answer.status));
+          return;
+        }
+      }
+    });
+  }
+  for (auto& t : racers) t.join();
+  EXPECT_EQ(failures_.count(), 0) << failures_.Report();
+  EXPECT_EQ(applied.load(), static_cast<int64_t>(kSteps));
+  EXPECT_GT(refused.load(), 0) << "the racers never collided";
+  for (uint32_t layer = 0; layer < shape.num_layers(); ++layer) {
+    v1::RetrieveRequest request;
+    request.set_layer(layer);
+    request.set_mode(v1::RETRIEVE_MODE_EXACT);
+    request.set_include_kv(true);
+    v1::SessionQuery* q = request.add_queries();
+    q->set_session_id(id);
+    q->set_query(pattern.Query(layer, 0));
+    auto r = CallRetrieve(*stub, kNoToken, request);
+    ASSERT_TRUE(r.ok()) << StatusText(r.status);
+    EXPECT_EQ(r.response.results(0).num_tokens(), kSteps);
+    auto checked =
+        CheckExactResult(r.response.results(0), pattern, layer, true);
+    EXPECT_TRUE(checked.ok()) << checked.status();
+  }
+  auto exit = server_->Terminate();
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_TRUE(exit->ok()) << exit->ToString();
+}
+
 }  // namespace
 }  // namespace wavekv::testing
