@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "index/panel_matrix.h"
 #include "index/parallel.h"
 #include "index/simd.h"
@@ -95,10 +96,7 @@ absl::StatusOr<KMeansResult> SegmentedSphericalKMeans(
     const float* keys, size_t num_keys, size_t dim,
     absl::Span<const SegmentPlan> segments, uint32_t iterations,
     int num_threads) {
-  if (absl::Status s = ValidatePlan(num_keys, dim, segments, iterations);
-      !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(ValidatePlan(num_keys, dim, segments, iterations));
   KMeansResult result;
   result.dim = dim;
   if (num_keys == 0) return result;

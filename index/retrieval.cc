@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "index/simd.h"
 
 namespace wavekv {
@@ -141,7 +142,7 @@ absl::StatusOr<RetrievalPlan> PlanRetrieval(const WaveIndex& index,
     return absl::InvalidArgumentError(
         absl::StrCat("scale: must be finite, got ", scale));
   }
-  if (absl::Status s = params.Validate(); !s.ok()) return s;
+  RETURN_IF_ERROR(params.Validate());
 
   RetrievalPlan plan;
   plan.tail.assign(group_size, AttentionPartial::Empty(d));

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "index/kmeans.h"
 
 namespace wavekv {
@@ -42,6 +43,87 @@ std::vector<float> WaveIndex::centroid(ClusterId c) const {
   return out;
 }
 
+absl::StatusOr<WaveIndex> WaveIndex::FromParts(WaveIndexParts parts) {
+  const size_t d = parts.head_dim;
+  if (d == 0) return absl::InvalidArgumentError("head_dim: must be > 0");
+  const size_t k = parts.sizes.size();
+  if (k > std::numeric_limits<ClusterId>::max()) {
+    return absl::InvalidArgumentError("sizes: too many clusters");
+  }
+  if (parts.centroids.size() != k * d || parts.value_sums.size() != k * d) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "centroids/value_sums: expected ", k * d, " floats each, got ",
+        parts.centroids.size(), " and ", parts.value_sums.size()));
+  }
+  for (size_t i = 0; i < k * d; ++i) {
+    if (!std::isfinite(parts.centroids[i]) ||
+        !std::isfinite(parts.value_sums[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "centroids/value_sums: non-finite value in cluster ", i / d));
+    }
+  }
+  uint64_t total = 0;
+  for (uint32_t s : parts.sizes) total += s;
+  const uint64_t span = parts.end_token >= parts.begin_token
+                            ? parts.end_token - parts.begin_token
+                            : std::numeric_limits<uint64_t>::max();
+  if (total != parts.slot_tokens.size() || total != span) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sizes: sum to ", total, ", but there are ", parts.slot_tokens.size(),
+        " slot tokens and the token range [", parts.begin_token, ", ",
+        parts.end_token, ") holds ", span));
+  }
+  std::vector<bool> seen(total, false);
+  uint64_t slot = 0;
+  for (size_t c = 0; c < k; ++c) {
+    for (uint32_t i = 0; i < parts.sizes[c]; ++i, ++slot) {
+      const uint64_t t = parts.slot_tokens[slot];
+      if (t < parts.begin_token || t >= parts.end_token ||
+          seen[t - parts.begin_token]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "slot_tokens[", slot, "] = ", t, " is out of range or repeated"));
+      }
+      if (i > 0 && parts.slot_tokens[slot - 1] >= t) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("slot_tokens: cluster ", c, " is not in token order"));
+      }
+      seen[t - parts.begin_token] = true;
+    }
+  }
+
+  WaveIndex index(d);
+  if (total > 0) {
+    index.begin_token_ = parts.begin_token;
+    index.end_token_ = parts.end_token;
+  }
+  index.centroids_.Reserve(k);
+  for (size_t c = 0; c < k; ++c) {
+    index.centroids_.AppendRow(parts.centroids.data() + c * d);
+    index.offsets_.push_back(index.offsets_.back() + parts.sizes[c]);
+    if (parts.sizes[c] > 0) ++index.num_nonempty_;
+  }
+  index.value_sums_ = std::move(parts.value_sums);
+  index.sizes_ = std::move(parts.sizes);
+  index.slot_tokens_ = std::move(parts.slot_tokens);
+  return index;
+}
+
+WaveIndexParts WaveIndex::ToParts() const {
+  WaveIndexParts parts;
+  parts.head_dim = head_dim_;
+  parts.begin_token = begin_token_;
+  parts.end_token = end_token_;
+  const size_t k = num_clusters();
+  parts.centroids.resize(k * head_dim_);
+  for (size_t c = 0; c < k; ++c) {
+    centroids_.CopyRow(c, parts.centroids.data() + c * head_dim_);
+  }
+  parts.value_sums = value_sums_;
+  parts.sizes = sizes_;
+  parts.slot_tokens = slot_tokens_;
+  return parts;
+}
+
 size_t WaveIndex::memory_bytes() const {
   return centroids_.memory_bytes() + value_sums_.capacity() * sizeof(float) +
          sizes_.capacity() * sizeof(uint32_t) +
@@ -53,7 +135,7 @@ absl::StatusOr<BlockLayout> WaveIndex::AddBlock(const WaveIndexParams& params,
                                                 uint64_t first_token,
                                                 const KvRows& rows,
                                                 int num_threads) {
-  if (absl::Status s = params.Validate(); !s.ok()) return s;
+  RETURN_IF_ERROR(params.Validate());
   const size_t d = head_dim_;
   if (rows.head_dim != d) {
     return absl::InvalidArgumentError(
@@ -85,13 +167,8 @@ absl::StatusOr<BlockLayout> WaveIndex::AddBlock(const WaveIndexParams& params,
   }
 
   std::vector<float> keys, values;
-  if (absl::Status s = DecodeRows(rows, rows.keys, "keys", keys); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = DecodeRows(rows, rows.values, "values", values);
-      !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(DecodeRows(rows, rows.keys, "keys", keys));
+  RETURN_IF_ERROR(DecodeRows(rows, rows.values, "values", values));
   absl::StatusOr<KMeansResult> km =
       SegmentedSphericalKMeans(keys.data(), rows.num_tokens, d, plan,
                                params.kmeans_iterations, num_threads);

@@ -62,6 +62,18 @@ struct BlockLayout {
   std::vector<uint64_t> slot_tokens;
 };
 
+// The plain contents of a WaveIndex (for persistence, see
+// wave_index_codec.h).
+struct WaveIndexParts {
+  size_t head_dim = 0;
+  uint64_t begin_token = 0;
+  uint64_t end_token = 0;
+  std::vector<float> centroids;       // [num_clusters][head_dim]
+  std::vector<float> value_sums;      // [num_clusters][head_dim]
+  std::vector<uint32_t> sizes;        // [num_clusters]
+  std::vector<uint64_t> slot_tokens;  // [num_slots], cluster-major
+};
+
 class WaveIndex {
  public:
   // REQUIRES: head_dim > 0.
@@ -80,6 +92,13 @@ class WaveIndex {
   absl::StatusOr<BlockLayout> AddBlock(const WaveIndexParams& params,
                                        uint64_t first_token, const KvRows& rows,
                                        int num_threads = 1);
+
+  // Rebuilds an index from its parts. InvalidArgument naming the problem if
+  // they are inconsistent: array sizes, sizes not summing to the slots,
+  // slot tokens not a permutation of [begin_token, end_token) or not in
+  // token order within a cluster, non-finite values.
+  static absl::StatusOr<WaveIndex> FromParts(WaveIndexParts parts);
+  WaveIndexParts ToParts() const;
 
   size_t head_dim() const { return head_dim_; }
   // Tokens covered: [begin_token(), end_token()); both 0 while empty.

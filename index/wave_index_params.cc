@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace wavekv {
 namespace {
@@ -28,27 +29,12 @@ size_t FractionCeil(float fraction, size_t n) {
 }  // namespace
 
 absl::Status WaveIndexParams::Validate() const {
-  if (auto s = CheckRange("sink_tokens", sink_tokens, 0, 4096); !s.ok()) {
-    return s;
-  }
-  if (auto s = CheckRange("recent_tokens", recent_tokens, 0, 65536); !s.ok()) {
-    return s;
-  }
-  if (auto s = CheckRange("segment_tokens", segment_tokens, 64, 1048576);
-      !s.ok()) {
-    return s;
-  }
-  if (auto s = CheckRange("cluster_size", cluster_size, 1, 4096); !s.ok()) {
-    return s;
-  }
-  if (auto s = CheckRange("kmeans_iterations", kmeans_iterations, 1, 100);
-      !s.ok()) {
-    return s;
-  }
-  if (auto s = CheckRange("update_tokens", update_tokens, 16, 1048576);
-      !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(CheckRange("sink_tokens", sink_tokens, 0, 4096));
+  RETURN_IF_ERROR(CheckRange("recent_tokens", recent_tokens, 0, 65536));
+  RETURN_IF_ERROR(CheckRange("segment_tokens", segment_tokens, 64, 1048576));
+  RETURN_IF_ERROR(CheckRange("cluster_size", cluster_size, 1, 4096));
+  RETURN_IF_ERROR(CheckRange("kmeans_iterations", kmeans_iterations, 1, 100));
+  RETURN_IF_ERROR(CheckRange("update_tokens", update_tokens, 16, 1048576));
   if (update_tokens % cluster_size != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "index_options.update_tokens: must be a multiple of cluster_size (",
