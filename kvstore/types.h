@@ -48,6 +48,14 @@ enum class Durability : uint8_t { kNone = 1, kAsync = 2, kSync = 3 };
 
 enum class RetrieveMode : uint8_t { kExact = 1, kWave = 2 };
 
+// Wave-index progress of a session (values as wavekv.v1.IndexState).
+enum class IndexState : uint8_t {
+  kEmpty = 1,     // no index: too few tokens so far
+  kBuilding = 2,  // some layer has tokens waiting for a (background) build
+  kReady = 3,     // every layer is indexed up to its current build target
+  kFailed = 4,    // a layer's build failed; see SessionInfo::index_error
+};
+
 // The tenant a call acts for; derived from credentials by the caller.
 using TenantId = std::string;
 
@@ -76,6 +84,11 @@ struct SessionInfo {
   uint64_t memory_bytes = 0;           // host bytes held (exact)
   int64_t created_unix_ms = 0;
   int64_t last_access_unix_ms = 0;
+  // Tokens of each layer covered by its wave index (the others are steady
+  // zone, or wait for the background build).
+  std::vector<uint64_t> layer_indexed_tokens;
+  IndexState index_state = IndexState::kEmpty;
+  std::string index_error;  // set when index_state is kFailed
 };
 
 // K/V of `num_tokens` consecutive tokens of one layer, starting at
@@ -105,7 +118,23 @@ struct RetrieveOptions {
   uint32_t layer = 0;
   RetrieveMode mode = RetrieveMode::kExact;
   bool include_kv = false;
+  // kWave on a layer whose index is not ready: false answers Unavailable
+  // (FailedPrecondition if its build failed); true serves that session in
+  // kExact mode instead (SessionResult::mode says which was served).
+  bool exact_if_not_ready = false;
 };
+
+// Slot addresses of one (session, layer, kv head). Two stores share the
+// uint64 address space:
+//  - the token-order store (steady zone and tokens not yet indexed): slot
+//    t holds token t, for t < kClusterSlotBase;
+//  - the cluster-major store of indexed tokens: slot kClusterSlotBase + s
+//    is the wave index's slot s; cluster c is the run of slots starting at
+//    its offset, and clusters never move once built.
+// When tokens are indexed they leave the token-order store: ranges over
+// them from an earlier EXACT answer then fail in FetchSlots
+// (FailedPrecondition, "retrieve again"). Cluster slots stay valid.
+inline constexpr uint64_t kClusterSlotBase = uint64_t{1} << 48;
 
 struct SlotRange {
   uint32_t cluster_id = 0;
@@ -140,6 +169,8 @@ struct SessionResult {
   std::vector<TokenRange> steady;
   uint64_t layout_epoch = 0;
   std::vector<KvHeadResult> heads;  // one per kv head
+  // The mode served: kExact where exact_if_not_ready applied.
+  RetrieveMode mode = RetrieveMode::kExact;
 };
 
 // K/V of one slot range, as produced by Engine::FetchSlots.

@@ -29,6 +29,30 @@ absl::Span<const uint8_t> BytesSpan(const std::string& bytes) {
       reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
 }
 
+v1::IndexState IndexStateToProto(IndexState state) {
+  switch (state) {
+    case IndexState::kEmpty:
+      return v1::INDEX_STATE_EMPTY;
+    case IndexState::kBuilding:
+      return v1::INDEX_STATE_BUILDING;
+    case IndexState::kReady:
+      return v1::INDEX_STATE_READY;
+    case IndexState::kFailed:
+      return v1::INDEX_STATE_FAILED;
+  }
+  return v1::INDEX_STATE_UNSPECIFIED;
+}
+
+v1::RetrieveMode RetrieveModeToProto(RetrieveMode mode) {
+  switch (mode) {
+    case RetrieveMode::kExact:
+      return v1::RETRIEVE_MODE_EXACT;
+    case RetrieveMode::kWave:
+      return v1::RETRIEVE_MODE_WAVE;
+  }
+  return v1::RETRIEVE_MODE_UNSPECIFIED;
+}
+
 std::string FloatBytes(const std::vector<float>& values) {
   std::string out(values.size() * sizeof(float), '\0');
   if (!values.empty()) std::memcpy(out.data(), values.data(), out.size());
@@ -192,6 +216,10 @@ void SessionInfoToProto(const SessionInfo& info, v1::SessionInfo* out) {
   out->set_memory_bytes(info.memory_bytes);
   out->set_created_unix_ms(info.created_unix_ms);
   out->set_last_access_unix_ms(info.last_access_unix_ms);
+  out->mutable_layer_indexed_tokens()->Assign(info.layer_indexed_tokens.begin(),
+                                              info.layer_indexed_tokens.end());
+  out->set_index_state(IndexStateToProto(info.index_state));
+  out->set_index_error(info.index_error);
 }
 
 void SessionPageToProto(const SessionPage& page,
@@ -248,6 +276,7 @@ absl::StatusOr<RetrieveBatch> RetrieveBatchFromProto(
   batch.options.layer = request.layer();
   batch.options.mode = *mode;
   batch.options.include_kv = request.include_kv();
+  batch.options.exact_if_not_ready = request.exact_if_not_ready();
   batch.queries.reserve(request.queries_size());
   for (int i = 0; i < request.queries_size(); ++i) {
     const v1::SessionQuery& q = request.queries(i);
@@ -293,6 +322,7 @@ void SessionResultToProto(SessionResult&& result, v1::SessionResult* out) {
     h->set_keys(std::move(head.keys));
     h->set_values(std::move(head.values));
   }
+  out->set_mode(RetrieveModeToProto(result.mode));
 }
 
 FetchRequest FetchRequestFromProto(const v1::FetchClustersRequest& request) {

@@ -129,6 +129,9 @@ TEST(ConvertTest, SessionInfoSetsEveryIndexField) {
   info.memory_bytes = 123456;
   info.created_unix_ms = 1000;
   info.last_access_unix_ms = 2000;
+  info.layer_indexed_tokens = {0, 1024, 2048, 0};
+  info.index_state = IndexState::kFailed;
+  info.index_error = "layer 3: boom";
   v1::SessionInfo out;
   SessionInfoToProto(info, &out);
   EXPECT_EQ(out.session_id(), "s-1");
@@ -151,6 +154,19 @@ TEST(ConvertTest, SessionInfoSetsEveryIndexField) {
   EXPECT_EQ(out.memory_bytes(), 123456u);
   EXPECT_EQ(out.created_unix_ms(), 1000);
   EXPECT_EQ(out.last_access_unix_ms(), 2000);
+  EXPECT_THAT(out.layer_indexed_tokens(), ElementsAre(0, 1024, 2048, 0));
+  EXPECT_EQ(out.index_state(), v1::INDEX_STATE_FAILED);
+  EXPECT_EQ(out.index_error(), "layer 3: boom");
+  for (auto [state, wire] :
+       {std::pair{IndexState::kEmpty, v1::INDEX_STATE_EMPTY},
+        std::pair{IndexState::kBuilding, v1::INDEX_STATE_BUILDING},
+        std::pair{IndexState::kReady, v1::INDEX_STATE_READY}}) {
+    info.index_state = state;
+    info.index_error.clear();
+    SessionInfoToProto(info, &out);
+    EXPECT_EQ(out.index_state(), wire);
+    EXPECT_EQ(out.index_error(), "");
+  }
   // The round trip through the wire keeps the index options.
   EXPECT_EQ(IndexOptionsFromProto(out.index_options()).cluster_size, 16u);
 
@@ -198,6 +214,7 @@ TEST(ConvertTest, RetrieveBatchViewsQueriesAsFloats) {
   req.set_layer(3);
   req.set_mode(v1::RETRIEVE_MODE_WAVE);
   req.set_include_kv(true);
+  req.set_exact_if_not_ready(true);
   const std::vector<float> q = {1.0f, -2.5f, 3.0f, 0.25f};
   for (const char* id : {"a", "b"}) {
     v1::SessionQuery* sq = req.add_queries();
@@ -210,6 +227,9 @@ TEST(ConvertTest, RetrieveBatchViewsQueriesAsFloats) {
   EXPECT_EQ(batch->options.layer, 3u);
   EXPECT_EQ(batch->options.mode, RetrieveMode::kWave);
   EXPECT_TRUE(batch->options.include_kv);
+  EXPECT_TRUE(batch->options.exact_if_not_ready);
+  req.set_exact_if_not_ready(false);
+  EXPECT_FALSE(RetrieveBatchFromProto(req)->options.exact_if_not_ready);
   ASSERT_EQ(batch->queries.size(), 2u);
   EXPECT_EQ(batch->queries[1].session_id, "b");
   EXPECT_THAT(batch->queries[0].query, ElementsAre(1.0f, -2.5f, 3.0f, 0.25f));
@@ -255,6 +275,7 @@ TEST(ConvertTest, SessionResultMovesBytesAndEncodesTails) {
   r.indexed_tokens = 32;
   r.steady = {{0, 4}, {36, 100}};
   r.layout_epoch = 5;
+  r.mode = RetrieveMode::kWave;
   KvHeadResult head;
   head.kv_head = 1;
   head.retrieval = {{3, 16, 8}, {9, 40, 4}};
@@ -273,6 +294,7 @@ TEST(ConvertTest, SessionResultMovesBytesAndEncodesTails) {
   EXPECT_EQ(out.steady(1).begin(), 36u);
   EXPECT_EQ(out.steady(1).end(), 100u);
   EXPECT_EQ(out.layout_epoch(), 5u);
+  EXPECT_EQ(out.mode(), v1::RETRIEVE_MODE_WAVE);
   ASSERT_EQ(out.heads_size(), 1);
   const v1::KvHeadResult& h = out.heads(0);
   EXPECT_EQ(h.kv_head(), 1u);
