@@ -6,6 +6,7 @@
 #include "index/simd.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define WAVEKV_HAVE_F16C_PATH 1
 #endif
@@ -130,7 +131,11 @@ __attribute__((target("avx,f16c"))) void EncodeHalfF16c(
 bool HasF16c() {
   static const bool has = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+    // "avx" also checks that the OS saves YMM state; F16C from CPUID (Clang's
+    // __builtin_cpu_supports does not know "f16c").
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __builtin_cpu_supports("avx") &&
+           __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
   }();
   return has;
 }
