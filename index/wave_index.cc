@@ -1,7 +1,9 @@
 #include "index/wave_index.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -135,6 +137,14 @@ absl::StatusOr<BlockLayout> WaveIndex::AddBlock(const WaveIndexParams& params,
                                                 uint64_t first_token,
                                                 const KvRows& rows,
                                                 int num_threads) {
+  ASSIGN_OR_RETURN(PreparedBlock block,
+                   PrepareBlock(params, first_token, rows, num_threads));
+  return CommitBlock(std::move(block));
+}
+
+absl::StatusOr<PreparedBlock> WaveIndex::PrepareBlock(
+    const WaveIndexParams& params, uint64_t first_token, const KvRows& rows,
+    int num_threads) const {
   RETURN_IF_ERROR(params.Validate());
   const size_t d = head_dim_;
   if (rows.head_dim != d) {
@@ -147,10 +157,11 @@ absl::StatusOr<BlockLayout> WaveIndex::AddBlock(const WaveIndexParams& params,
         absl::StrCat("row_stride_bytes: ", rows.row_stride_bytes,
                      " is less than one row (", row_bytes, " bytes)"));
   }
-  BlockLayout layout;
-  layout.first_cluster = static_cast<ClusterId>(num_clusters());
-  layout.first_slot = num_slots();
-  if (rows.num_tokens == 0) return layout;
+  PreparedBlock block;
+  block.first_token = first_token;
+  block.base_clusters = num_clusters();
+  block.base_slots = num_slots();
+  if (rows.num_tokens == 0) return block;
   if (rows.keys == nullptr || rows.values == nullptr) {
     return absl::InvalidArgumentError("keys/values: null with num_tokens > 0");
   }
@@ -178,38 +189,111 @@ absl::StatusOr<BlockLayout> WaveIndex::AddBlock(const WaveIndexParams& params,
 
   // Cluster-major layout: a stable counting sort of the tokens by cluster.
   const size_t k = km->num_clusters;
-  std::vector<uint64_t> offsets(k + 1, 0);
-  for (size_t c = 0; c < k; ++c) offsets[c + 1] = offsets[c] + km->sizes[c];
-  layout.num_clusters = static_cast<uint32_t>(k);
-  layout.slot_tokens.resize(rows.num_tokens);
-  std::vector<uint64_t> cursor(offsets.begin(), offsets.end() - 1);
+  std::vector<uint64_t> cursor(k, 0);
+  for (size_t c = 1; c < k; ++c) cursor[c] = cursor[c - 1] + km->sizes[c - 1];
+  block.slot_tokens.resize(rows.num_tokens);
   // Value sums accumulated in double, in token order.
   std::vector<double> vs(k * d, 0.0);
   for (size_t t = 0; t < rows.num_tokens; ++t) {
     const uint32_t c = km->assignment[t];
-    layout.slot_tokens[cursor[c]++] = first_token + t;
+    block.slot_tokens[cursor[c]++] = first_token + t;
     double* acc = vs.data() + c * d;
     const float* v = values.data() + t * d;
     for (size_t j = 0; j < d; ++j) acc[j] += v[j];
   }
+  block.value_sums.assign(vs.begin(), vs.end());
+  block.centroids = std::move(km->centroids);
+  block.sizes = std::move(km->sizes);
+  return block;
+}
 
-  // Commit (nothing above modified the index).
-  if (num_slots() == 0) begin_token_ = first_token;
-  end_token_ = first_token + rows.num_tokens;
-  centroids_.Reserve(num_clusters() + k);
-  value_sums_.reserve(value_sums_.size() + k * d);
-  const uint64_t base = num_slots();
-  for (size_t c = 0; c < k; ++c) {
-    centroids_.AppendRow(km->centroids.data() + c * d);
-    for (size_t j = 0; j < d; ++j) {
-      value_sums_.push_back(static_cast<float>(vs[c * d + j]));
-    }
-    sizes_.push_back(km->sizes[c]);
-    offsets_.push_back(base + offsets[c + 1]);
-    if (km->sizes[c] > 0) ++num_nonempty_;
+namespace {
+
+// Capacity after growing to hold `needed` elements: unchanged if it
+// suffices, else at least doubled (amortised O(1) appends).
+size_t GrownCapacity(size_t capacity, size_t needed) {
+  return needed <= capacity ? capacity : std::max(needed, 2 * capacity);
+}
+
+// Floats of a PanelMatrix of `dim` columns holding `rows` rows.
+size_t PanelFloats(size_t rows, size_t dim) {
+  const size_t lanes = PanelMatrix::kPanelRows;
+  return (rows + lanes - 1) / lanes * lanes * dim;
+}
+
+// Reserves GrownCapacity elements; libstdc++'s reserve(n) allocates exactly
+// n, which CommitGrowthBytes relies on.
+template <typename T>
+void GrowFor(std::vector<T>& v, size_t needed) {
+  v.reserve(GrownCapacity(v.capacity(), needed));
+}
+
+}  // namespace
+
+size_t WaveIndex::CommitGrowthBytes(const PreparedBlock& block) const {
+  const size_t k = block.num_clusters();
+  const size_t d = head_dim_;
+  auto growth = [](size_t capacity, size_t needed, size_t elem_bytes) {
+    return (GrownCapacity(capacity, needed) - capacity) * elem_bytes;
+  };
+  const size_t panel_capacity = centroids_.memory_bytes() / sizeof(float);
+  size_t bytes =
+      PanelTarget(panel_capacity, num_clusters() + k) * sizeof(float) -
+      panel_capacity * sizeof(float);
+  bytes +=
+      growth(value_sums_.capacity(), value_sums_.size() + k * d, sizeof(float));
+  bytes += growth(sizes_.capacity(), sizes_.size() + k, sizeof(uint32_t));
+  bytes += growth(offsets_.capacity(), offsets_.size() + k, sizeof(uint64_t));
+  bytes += growth(slot_tokens_.capacity(),
+                  slot_tokens_.size() + block.num_tokens(), sizeof(uint64_t));
+  return bytes;
+}
+
+size_t WaveIndex::PanelTarget(size_t capacity_floats, size_t rows) const {
+  const size_t needed = PanelFloats(rows, head_dim_);
+  if (needed <= capacity_floats) return capacity_floats;
+  // Doubling in whole panels, so that Reserve() allocates exactly this.
+  const size_t panel = PanelFloats(1, head_dim_);
+  return std::max(needed, 2 * (capacity_floats / panel) * panel);
+}
+
+absl::StatusOr<BlockLayout> WaveIndex::CommitBlock(PreparedBlock block) {
+  if (block.base_clusters != num_clusters() ||
+      block.base_slots != num_slots()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "block: prepared against an index of ", block.base_clusters,
+        " clusters and ", block.base_slots, " slots, but it now has ",
+        num_clusters(), " and ", num_slots()));
   }
-  slot_tokens_.insert(slot_tokens_.end(), layout.slot_tokens.begin(),
-                      layout.slot_tokens.end());
+  const size_t d = head_dim_;
+  const size_t k = block.num_clusters();
+  BlockLayout layout;
+  layout.first_cluster = static_cast<ClusterId>(num_clusters());
+  layout.first_slot = num_slots();
+  layout.num_clusters = static_cast<uint32_t>(k);
+  if (block.num_tokens() == 0) return layout;
+
+  const size_t panel_capacity = centroids_.memory_bytes() / sizeof(float);
+  const size_t panel_target = PanelTarget(panel_capacity, num_clusters() + k);
+  if (panel_target > panel_capacity) centroids_.Reserve(panel_target / d);
+  GrowFor(value_sums_, value_sums_.size() + k * d);
+  GrowFor(sizes_, sizes_.size() + k);
+  GrowFor(offsets_, offsets_.size() + k);
+  GrowFor(slot_tokens_, slot_tokens_.size() + block.num_tokens());
+
+  if (num_slots() == 0) begin_token_ = block.first_token;
+  end_token_ = block.first_token + block.num_tokens();
+  for (size_t c = 0; c < k; ++c) {
+    centroids_.AppendRow(block.centroids.data() + c * d);
+    sizes_.push_back(block.sizes[c]);
+    offsets_.push_back(offsets_.back() + block.sizes[c]);
+    if (block.sizes[c] > 0) ++num_nonempty_;
+  }
+  value_sums_.insert(value_sums_.end(), block.value_sums.begin(),
+                     block.value_sums.end());
+  slot_tokens_.insert(slot_tokens_.end(), block.slot_tokens.begin(),
+                      block.slot_tokens.end());
+  layout.slot_tokens = std::move(block.slot_tokens);
   return layout;
 }
 

@@ -62,6 +62,24 @@ struct BlockLayout {
   std::vector<uint64_t> slot_tokens;
 };
 
+// One block clustered by WaveIndex::PrepareBlock and not yet part of the
+// index (see CommitBlock).
+struct PreparedBlock {
+  uint64_t first_token = 0;
+  // The index's size when the block was prepared (CommitBlock checks it).
+  size_t base_clusters = 0;
+  uint64_t base_slots = 0;
+  std::vector<float> centroids;   // [num_clusters][head_dim]
+  std::vector<float> value_sums;  // [num_clusters][head_dim]
+  std::vector<uint32_t> sizes;    // [num_clusters]
+  // Token of each new slot, cluster-major (members of a cluster in token
+  // order): slot base_slots + i holds token slot_tokens[i].
+  std::vector<uint64_t> slot_tokens;
+
+  size_t num_clusters() const { return sizes.size(); }
+  uint64_t num_tokens() const { return slot_tokens.size(); }
+};
+
 // The plain contents of a WaveIndex (for persistence, see
 // wave_index_codec.h).
 struct WaveIndexParts {
@@ -92,6 +110,26 @@ class WaveIndex {
   absl::StatusOr<BlockLayout> AddBlock(const WaveIndexParams& params,
                                        uint64_t first_token, const KvRows& rows,
                                        int num_threads = 1);
+
+  // AddBlock in two steps, so that a caller can cluster while others read
+  // the index and hold its lock only for the cheap commit:
+  //  - PrepareBlock validates and clusters (the expensive part; same errors
+  //    as AddBlock) without changing the index, so it may run concurrently
+  //    with const methods;
+  //  - CommitBlock appends the prepared block: FailedPrecondition (nothing
+  //    changes) if the index gained clusters since PrepareBlock. It copies
+  //    the block's statistics and grows capacities geometrically, so it
+  //    costs O(block) amortised.
+  //  - CommitGrowthBytes tells beforehand by exactly how many bytes
+  //    memory_bytes() grows when CommitBlock(block) runs on the index as it
+  //    is now, so a caller can reserve memory first.
+  // AddBlock(p, t, rows, n) is CommitBlock(*PrepareBlock(p, t, rows, n)).
+  absl::StatusOr<PreparedBlock> PrepareBlock(const WaveIndexParams& params,
+                                             uint64_t first_token,
+                                             const KvRows& rows,
+                                             int num_threads = 1) const;
+  absl::StatusOr<BlockLayout> CommitBlock(PreparedBlock block);
+  size_t CommitGrowthBytes(const PreparedBlock& block) const;
 
   // Rebuilds an index from its parts. InvalidArgument naming the problem if
   // they are inconsistent: array sizes, sizes not summing to the slots,
@@ -132,6 +170,10 @@ class WaveIndex {
   size_t memory_bytes() const;
 
  private:
+  // Float capacity of centroids_ after growing from `capacity_floats` to
+  // hold `rows` rows (CommitBlock's policy, mirrored by CommitGrowthBytes).
+  size_t PanelTarget(size_t capacity_floats, size_t rows) const;
+
   size_t head_dim_;
   uint64_t begin_token_ = 0;
   uint64_t end_token_ = 0;

@@ -310,5 +310,43 @@ TEST(WaveIndexBasicsTest, ErrorsChangeNothing) {
   ExpectIndexConsistent(index, kv, 0);
 }
 
+TEST(WaveIndexBasicsTest, PrepareThenCommitMatchesAddBlockAndPredictsMemory) {
+  const LayerKv kv = MakeLayer(DType::kFp16, 1, 64, 6000, 12);
+  WaveIndexParams params;
+  params.update_tokens = 256;
+  WaveIndex added(64), staged(64);
+  uint64_t end = 4;
+  for (uint64_t block_end : {2000u, 2256u, 2600u, 2856u, 5000u, 5300u}) {
+    ASSERT_TRUE(added.AddBlock(params, end, kv.Rows(0, end, block_end)).ok());
+    auto prepared =
+        staged.PrepareBlock(params, end, kv.Rows(0, end, block_end));
+    ASSERT_TRUE(prepared.ok()) << prepared.status();
+    EXPECT_EQ(staged.end_token(), end == 4 ? 0u : end) << "prepare is const";
+    const size_t before = staged.memory_bytes();
+    const size_t growth = staged.CommitGrowthBytes(*prepared);
+    auto layout = staged.CommitBlock(*std::move(prepared));
+    ASSERT_TRUE(layout.ok()) << layout.status();
+    EXPECT_EQ(staged.memory_bytes(), before + growth)
+        << "block end " << block_end;
+    end = block_end;
+  }
+  ASSERT_EQ(staged.num_clusters(), added.num_clusters());
+  EXPECT_EQ(staged.ToParts().slot_tokens, added.ToParts().slot_tokens);
+  EXPECT_EQ(staged.ToParts().centroids, added.ToParts().centroids);
+  EXPECT_EQ(staged.ToParts().value_sums, added.ToParts().value_sums);
+  ExpectIndexConsistent(staged, kv, 0);
+
+  // A block prepared against an older state is refused, changing nothing.
+  auto first = staged.PrepareBlock(params, end, kv.Rows(0, end, 5600));
+  auto second = staged.PrepareBlock(params, end, kv.Rows(0, end, 5600));
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_TRUE(staged.CommitBlock(*std::move(first)).ok());
+  const size_t clusters = staged.num_clusters();
+  EXPECT_EQ(staged.CommitBlock(*std::move(second)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(staged.num_clusters(), clusters);
+  ExpectIndexConsistent(staged, kv, 0);
+}
+
 }  // namespace
 }  // namespace wavekv
