@@ -590,9 +590,6 @@ TEST_F(BadInputTest, RetrieveRejectsMalformedRequests) {
          add_query(r, big, p.Query(0, 2));
        },
        {StatusCode::RESOURCE_EXHAUSTED, {"include_kv", "max_inline_kv_bytes"}}},
-      {"WAVE mode before an index exists",
-       [](R& r) { r.set_mode(v1::RETRIEVE_MODE_WAVE); },
-       {StatusCode::UNAVAILABLE, {}}},
   };
   for (const auto& c : cases) {
     R request;
@@ -612,6 +609,36 @@ TEST_F(BadInputTest, RetrieveRejectsMalformedRequests) {
   auto r = CallRetrieve(stub(), kAlice, good);
   ASSERT_TRUE(r.ok()) << StatusText(r.status);
   EXPECT_TRUE(CheckExactResult(r.response.results(0), p, 0, true).ok());
+}
+
+TEST_F(BadInputTest, RetrieveWaveBeforeAnIndexExists) {
+  // The victim holds 20 tokens: fewer than sink_tokens + recent_tokens, so
+  // no key can be clustered yet. The server either reports the index as not
+  // ready (UNAVAILABLE) or answers with everything in the steady zone.
+  v1::RetrieveRequest request;
+  request.set_layer(1);
+  request.set_mode(v1::RETRIEVE_MODE_WAVE);
+  v1::SessionQuery* q = request.add_queries();
+  q->set_session_id(victim_);
+  q->set_query(victim_pattern_.Query(1, 0));
+  auto before = Snapshot();
+  auto r = CallRetrieve(stub(), kAlice, request);
+  ExpectSameState("Retrieve WAVE before an index", before);
+  if (!r.ok()) {
+    ExpectRejection("Retrieve WAVE before an index", r.status,
+                    {StatusCode::UNAVAILABLE, {}});
+    return;
+  }
+  ASSERT_EQ(r.response.results_size(), 1);
+  const v1::SessionResult& result = r.response.results(0);
+  EXPECT_EQ(result.num_tokens(), 20u);
+  EXPECT_EQ(result.indexed_tokens(), 0u);
+  uint64_t steady = 0;
+  for (const v1::TokenRange& t : result.steady()) steady += t.end() - t.begin();
+  EXPECT_EQ(steady, 20u) << "every token is steady";
+  for (const v1::KvHeadResult& head : result.heads()) {
+    EXPECT_TRUE(head.retrieval().empty());
+  }
 }
 
 // --------------------------------------------------------------- Fetch
@@ -636,6 +663,9 @@ TEST_F(BadInputTest, FetchClustersRejectsMalformedRequestsBeforeStreaming) {
       {"max_chunk_bytes over 4 MiB",
        [](R& r) { r.set_max_chunk_bytes((4 << 20) + 1); },
        Invalid({"max_chunk_bytes"})},
+      {"max_chunk_bytes over the server's message limit",
+       [](R& r) { r.set_max_chunk_bytes(4 << 20); },
+       {StatusCode::RESOURCE_EXHAUSTED, {"max_chunk_bytes"}}},
       {"kv_head out of range", [](R& r) { r.mutable_heads(0)->set_kv_head(2); },
        Invalid({"heads[0].kv_head"})},
       {"range of 0 slots",

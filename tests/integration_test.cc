@@ -3,12 +3,17 @@
 // health checking, reflection, /metrics, the config file, the data-dir lock
 // and a graceful SIGTERM drain with an RPC in flight.
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -601,6 +606,41 @@ absl::StatusOr<std::vector<MetricSample>> Scrape(int port) {
   auto body = HttpGet(port, "/metrics");
   if (!body.ok()) return body.status();
   return ParsePrometheusText(*body);
+}
+
+// Runs `promtool check metrics` on `exposition`; returns its exit code and
+// output, or nullopt when promtool is not installed.
+std::optional<std::pair<int, std::string>> PromtoolCheck(
+    const std::string& exposition) {
+  const char kPromtool[] = "/usr/bin/promtool";
+  if (::access(kPromtool, X_OK) != 0) return std::nullopt;
+  auto dir = MakeTempDir("promtool");
+  if (!dir.ok() || !WriteFile(*dir + "/metrics.txt", exposition).ok()) {
+    return std::make_pair(-1, std::string("cannot write the exposition"));
+  }
+  const std::string command =
+      absl::StrCat(kPromtool, " check metrics < ", *dir, "/metrics.txt 2>&1");
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return std::make_pair(-1, std::string("popen failed"));
+  std::string output;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), pipe)) > 0) output.append(buf, n);
+  const int status = ::pclose(pipe);
+  return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, output);
+}
+
+TEST_F(IntegrationTest, MetricsPassPromtoolCheck) {
+  ASSERT_GT(server_->metrics_port(), 0);
+  // Some traffic first, so that histograms and error codes have samples.
+  EXPECT_FALSE(CallGetSession(stub(), kNoToken, "no-such-session").ok());
+  Create(SessionRequest(MakeShape(1, 1, 1, 16, v1::DTYPE_FP16)));
+  auto body = HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(body.ok()) << body.status();
+  auto checked = PromtoolCheck(*body);
+  if (!checked.has_value()) GTEST_SKIP() << "promtool is not installed";
+  EXPECT_EQ(checked->first, 0) << checked->second;
+  EXPECT_EQ(checked->second, "") << "lint problems";
 }
 
 TEST_F(IntegrationTest, MetricsCountEveryRpcByMethodAndCode) {
