@@ -5,44 +5,75 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
 namespace wavekv {
 namespace {
 
-// One kv head's K and V decoded to fp32, [num_tokens][head_dim] each.
-struct HeadKvFloat {
-  std::vector<float> keys;
-  std::vector<float> values;
-  size_t num_tokens = 0;
+// Tokens per block of MergeExact: K+V of a block in fp32 (at head_dim 128,
+// 512 KiB) stays in cache while the group's q heads read it.
+constexpr size_t kBlockTokens = 512;
 
-  KvView View(size_t head_dim) const {
-    KvView view;
-    view.dtype = DType::kFp32;
-    view.head_dim = head_dim;
-    view.num_tokens = num_tokens;
-    view.keys = reinterpret_cast<const uint8_t*>(keys.data());
-    view.values = reinterpret_cast<const uint8_t*>(values.data());
-    return view;
-  }
-};
+// Writes rows [first, first + n) of one kv head's K and V as fp32
+// [n][head_dim] into keys / values.
+using BlockSource =
+    absl::FunctionRef<void(size_t first, size_t n, float* keys, float* values)>;
 
-// Exact partials of the group's q heads over `kv` (decoded once, shared by
-// the group), merged into partials[q] for each q head of kv head `h`.
+// Exact partials of kv head h's group of q heads over `num_tokens` tokens
+// produced by `fill`, merged into partials[q]. Tokens are decoded a block at
+// a time into a small buffer that the whole group reads from cache; merging
+// per-block partials is exact (log-sum-exp).
 void MergeExact(const AttentionShape& shape, uint32_t h,
-                absl::Span<const float> query, const HeadKvFloat& kv,
-                std::vector<AttentionPartial>& partials) {
-  if (kv.num_tokens == 0) return;
+                absl::Span<const float> query, size_t num_tokens,
+                BlockSource fill, std::vector<AttentionPartial>& partials) {
+  if (num_tokens == 0) return;
   const float scale = DefaultScale(shape.head_dim);
-  const KvView view = kv.View(shape.head_dim);
   const uint32_t g = shape.group_size();
-  for (uint32_t q = h * g; q < (h + 1) * g; ++q) {
-    MergeInto(partials[q],
-              PartialAttention(
-                  query.subspan(size_t{q} * shape.head_dim, shape.head_dim),
-                  view, scale));
+  const size_t d = shape.head_dim;
+  const size_t rows = std::min(kBlockTokens, num_tokens);
+  std::vector<float> keys(rows * d), values(rows * d);
+  for (size_t first = 0; first < num_tokens; first += kBlockTokens) {
+    KvView block;
+    block.dtype = DType::kFp32;
+    block.head_dim = d;
+    block.num_tokens = std::min(kBlockTokens, num_tokens - first);
+    fill(first, block.num_tokens, keys.data(), values.data());
+    block.keys = reinterpret_cast<const uint8_t*>(keys.data());
+    block.values = reinterpret_cast<const uint8_t*>(values.data());
+    for (uint32_t q = h * g; q < (h + 1) * g; ++q) {
+      MergeInto(partials[q], PartialAttention(query.subspan(size_t{q} * d, d),
+                                              block, scale));
+    }
   }
+}
+
+// Exact attention of kv head h's group over `ranges` of the local copy.
+void MergeLocal(const AttentionShape& shape, uint32_t h,
+                absl::Span<const float> query, const LayerKvView& local,
+                absl::Span<const v1::TokenRange> ranges,
+                std::vector<AttentionPartial>& partials) {
+  std::vector<uint64_t> positions;
+  for (const v1::TokenRange& r : ranges) {
+    for (uint64_t t = r.begin(); t < r.end(); ++t) positions.push_back(t);
+  }
+  const size_t d = shape.head_dim;
+  const size_t head_bytes = d * DTypeBytes(shape.dtype);
+  const size_t token_bytes = shape.TokenBytes();
+  MergeExact(
+      shape, h, query, positions.size(),
+      [&](size_t first, size_t n, float* keys, float* values) {
+        for (size_t i = 0; i < n; ++i) {
+          const size_t offset =
+              positions[first + i] * token_bytes + h * head_bytes;
+          DecodeToFloat(shape.dtype, local.keys.data() + offset, d,
+                        keys + i * d);
+          DecodeToFloat(shape.dtype, local.values.data() + offset, d,
+                        values + i * d);
+        }
+      },
+      partials);
 }
 
 absl::Status CheckQuery(const AttentionShape& shape,
@@ -65,29 +96,6 @@ absl::Status CheckLocal(const AttentionShape& shape, const LayerKvView& local) {
         local.values.size()));
   }
   return absl::OkStatus();
-}
-
-// Gathers kv head h of the local copy's `ranges` and decodes it.
-HeadKvFloat GatherLocal(const AttentionShape& shape, const LayerKvView& local,
-                        absl::Span<const v1::TokenRange> ranges, uint32_t h) {
-  const size_t elem = DTypeBytes(shape.dtype);
-  const size_t head_bytes = size_t{shape.head_dim} * elem;
-  const size_t token_bytes = shape.TokenBytes();
-  HeadKvFloat out;
-  for (const v1::TokenRange& r : ranges) out.num_tokens += r.end() - r.begin();
-  out.keys.resize(out.num_tokens * shape.head_dim);
-  out.values.resize(out.num_tokens * shape.head_dim);
-  size_t row = 0;
-  for (const v1::TokenRange& r : ranges) {
-    for (uint64_t t = r.begin(); t < r.end(); ++t, ++row) {
-      const size_t offset = t * token_bytes + h * head_bytes;
-      DecodeToFloat(shape.dtype, local.keys.data() + offset, shape.head_dim,
-                    out.keys.data() + row * shape.head_dim);
-      DecodeToFloat(shape.dtype, local.values.data() + offset, shape.head_dim,
-                    out.values.data() + row * shape.head_dim);
-    }
-  }
-  return out;
 }
 
 absl::Status CheckRanges(absl::Span<const v1::TokenRange> ranges,
@@ -216,7 +224,7 @@ absl::StatusOr<std::vector<AttentionPartial>> LocalAttentionPartials(
   std::vector<AttentionPartial> partials(
       shape.num_q_heads, AttentionPartial::Empty(shape.head_dim));
   for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
-    MergeExact(shape, h, query, GatherLocal(shape, local, ranges, h), partials);
+    MergeLocal(shape, h, query, local, ranges, partials);
   }
   return partials;
 }
@@ -266,19 +274,19 @@ absl::StatusOr<std::vector<AttentionPartial>> RetrievedAttentionPartials(
           " bytes of keys and of values for ", slots, " retrieval slots, got ",
           kv.keys.size(), " and ", kv.values.size()));
     }
-    HeadKvFloat decoded;
-    decoded.num_tokens = slots;
-    decoded.keys.resize(slots * shape.head_dim);
-    decoded.values.resize(slots * shape.head_dim);
-    DecodeToFloat(shape.dtype, kv.keys.data(), decoded.keys.size(),
-                  decoded.keys.data());
-    DecodeToFloat(shape.dtype, kv.values.data(), decoded.values.size(),
-                  decoded.values.data());
-    MergeExact(shape, h, query, decoded, partials);
+    const size_t d = shape.head_dim;
+    MergeExact(
+        shape, h, query, slots,
+        [&](size_t first, size_t n, float* keys, float* values) {
+          DecodeToFloat(shape.dtype, kv.keys.data() + first * head_bytes, n * d,
+                        keys);
+          DecodeToFloat(shape.dtype, kv.values.data() + first * head_bytes,
+                        n * d, values);
+        },
+        partials);
     // (b) steady zone from the local copy, exact.
     if (!steady.empty()) {
-      MergeExact(shape, h, query, GatherLocal(shape, local, steady, h),
-                 partials);
+      MergeLocal(shape, h, query, local, steady, partials);
     }
     // (c) estimation zone: the server's tail statistics.
     if (head.tail_size() != 0 && head.tail_size() != static_cast<int>(g)) {

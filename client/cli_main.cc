@@ -33,6 +33,9 @@ ABSL_FLAG(std::string, token, "",
 ABSL_FLAG(std::string, token_file, "",
           "file whose first line is the bearer token (instead of --token)");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(60), "deadline of each RPC");
+ABSL_FLAG(uint32_t, fetch_chunk_bytes, 0,
+          "FetchClusters chunk size in bytes (0 = the server's default, "
+          "1 MiB; else 4096..4194304)");
 ABSL_FLAG(uint32_t, layers, 4, "demo: model layers");
 ABSL_FLAG(uint64_t, context_tokens, 32768, "demo: prefill tokens per layer");
 ABSL_FLAG(uint32_t, decode_steps, 16, "demo: decode steps after the prefill");
@@ -66,6 +69,7 @@ flags:
   --server=HOST:PORT           server address (default 127.0.0.1:7070)
   --token=T | --token_file=F   bearer token, when the server requires one
   --timeout=60s                deadline of each RPC
+  --fetch_chunk_bytes=N        FetchClusters chunk size (0 = server default)
 demo flags:
   --layers=4 --context_tokens=32768 --decode_steps=16 --seed=1
   --mode=exact|wave --include_kv --keep_session=true|false
@@ -339,6 +343,7 @@ int Main(int argc, char** argv) {
   options.target = absl::GetFlag(FLAGS_server);
   options.bearer_token = *token;
   options.call_timeout = absl::GetFlag(FLAGS_timeout);
+  options.fetch_chunk_bytes = absl::GetFlag(FLAGS_fetch_chunk_bytes);
   absl::StatusOr<std::unique_ptr<WaveKvClient>> client =
       WaveKvClient::Connect(options);
   if (!client.ok()) return UsageError(std::string(client.status().message()));

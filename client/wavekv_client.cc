@@ -393,6 +393,16 @@ absl::StatusOr<std::vector<FetchedHead>> WaveKvClient::FetchClusters(
     }
     if (slot_bytes == 0 && chunk.keys().size() % chunk.num_slots() == 0) {
       slot_bytes = chunk.keys().size() / chunk.num_slots();
+      // Now the sizes are known: reserve every head's buffers once.
+      for (size_t h = 0; h < heads.size(); ++h) {
+        uint64_t slots = 0;
+        for (const v1::SlotRange& r : heads[h].ranges()) {
+          slots += r.num_slots();
+        }
+        fetched[h].keys.reserve(slots * slot_bytes);
+        fetched[h].values.reserve(slots * slot_bytes);
+        fetched[h].positions.reserve(slots);
+      }
     }
     if (slot_bytes == 0 ||
         chunk.keys().size() != slot_bytes * chunk.num_slots() ||
