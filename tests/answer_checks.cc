@@ -1,6 +1,8 @@
 #include "tests/answer_checks.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -12,16 +14,92 @@ absl::Status Mismatch(const std::string& where, const std::string& what) {
   return absl::InternalError(absl::StrCat(where, ": ", what));
 }
 
+// Ranges: >= 1 slot each, pairwise disjoint. Returns the slots they hold.
+absl::StatusOr<uint64_t> CheckRanges(const std::string& where,
+                                     const v1::KvHeadResult& head) {
+  std::vector<std::pair<uint64_t, uint64_t>> spans;
+  uint64_t total = 0;
+  for (const v1::SlotRange& r : head.retrieval()) {
+    if (r.num_slots() == 0) return Mismatch(where, "range of 0 slots");
+    spans.emplace_back(r.first_slot(), r.first_slot() + r.num_slots());
+    total += r.num_slots();
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t i = 1; i < spans.size(); ++i) {
+    if (spans[i].first < spans[i - 1].second) {
+      return Mismatch(where,
+                      absl::StrCat("ranges overlap at slot ", spans[i].first));
+    }
+  }
+  return total;
+}
+
+// Inline K/V of `slots` slots of kv head `h`: each key row must be the
+// appended row of a token < n for which `allowed` holds (when non-empty),
+// each token at most once, and the value row beside it must be that
+// token's. Returns the data with the recovered positions.
+absl::StatusOr<HeadData> RecoverPositions(const std::string& where,
+                                          const v1::KvHeadResult& head,
+                                          uint32_t h, uint64_t slots,
+                                          const KvPattern& pattern,
+                                          uint32_t layer, uint64_t n,
+                                          const std::vector<bool>& allowed) {
+  const uint64_t row_bytes = RowBytes(pattern.shape());
+  if (head.keys().size() != slots * row_bytes ||
+      head.values().size() != slots * row_bytes) {
+    return Mismatch(
+        where,
+        absl::StrCat("inline keys/values of ", head.keys().size(), "/",
+                     head.values().size(), " bytes, want ", slots * row_bytes));
+  }
+  absl::flat_hash_map<std::string, uint64_t> position_of;
+  position_of.reserve(n);
+  for (uint64_t p = 0; p < n; ++p) {
+    position_of.emplace(pattern.Row(KvKind::kKeys, layer, p, h), p);
+  }
+  HeadData data;
+  data.kv_head = h;
+  data.keys = head.keys();
+  data.values = head.values();
+  std::vector<bool> seen(n, false);
+  for (uint64_t s = 0; s < slots; ++s) {
+    const std::string key = head.keys().substr(s * row_bytes, row_bytes);
+    auto it = position_of.find(key);
+    if (it == position_of.end()) {
+      return Mismatch(
+          where, absl::StrCat("slot ", s, ": key row is no appended token's"));
+    }
+    const uint64_t p = it->second;
+    if (seen[p]) {
+      return Mismatch(where, absl::StrCat("token ", p, " appears twice"));
+    }
+    if (!allowed.empty() && !allowed[p]) {
+      return Mismatch(
+          where, absl::StrCat("token ", p, " is not allowed here (steady)"));
+    }
+    seen[p] = true;
+    if (head.values().compare(s * row_bytes, row_bytes,
+                              pattern.Row(KvKind::kValues, layer, p, h)) != 0) {
+      return Mismatch(where, absl::StrCat("slot ", s, " (token ", p,
+                                          "): value row differs"));
+    }
+    data.positions.push_back(p);
+  }
+  return data;
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<HeadData>> CheckExactResult(
     const v1::SessionResult& result, const KvPattern& pattern, uint32_t layer,
     bool include_kv) {
   const v1::ModelShape& shape = pattern.shape();
-  const uint64_t row_bytes = RowBytes(shape);
   const uint64_t n = result.num_tokens();
   const std::string where =
       absl::StrCat("session ", result.session_id(), " layer ", layer);
+  if (result.mode() != v1::RETRIEVE_MODE_EXACT) {
+    return Mismatch(where, "mode is not RETRIEVE_MODE_EXACT");
+  }
   if (!result.steady().empty()) {
     return Mismatch(where, "EXACT answer has steady ranges");
   }
@@ -37,24 +115,16 @@ absl::StatusOr<std::vector<HeadData>> CheckExactResult(
       return Mismatch(hw, absl::StrCat("kv_head ", head.kv_head()));
     }
     if (!head.tail().empty()) return Mismatch(hw, "EXACT answer has tails");
-    // Ranges: >= 1 slot each, disjoint, num_tokens slots in all.
-    std::vector<std::pair<uint64_t, uint64_t>> spans;
-    uint64_t total = 0;
     for (const v1::SlotRange& r : head.retrieval()) {
-      if (r.num_slots() == 0) return Mismatch(hw, "range of 0 slots");
-      spans.emplace_back(r.first_slot(), r.first_slot() + r.num_slots());
-      total += r.num_slots();
-    }
-    if (total != n) {
-      return Mismatch(
-          hw, absl::StrCat("ranges hold ", total, " slots, num_tokens is ", n));
-    }
-    std::sort(spans.begin(), spans.end());
-    for (size_t i = 1; i < spans.size(); ++i) {
-      if (spans[i].first < spans[i - 1].second) {
-        return Mismatch(
-            hw, absl::StrCat("ranges overlap at slot ", spans[i].first));
+      if (r.cluster_id() != 0) {
+        return Mismatch(hw, "EXACT range with a cluster_id (must be 0)");
       }
+    }
+    auto total = CheckRanges(hw, head);
+    if (!total.ok()) return total.status();
+    if (*total != n) {
+      return Mismatch(hw, absl::StrCat("ranges hold ", *total,
+                                       " slots, num_tokens is ", n));
     }
     if (!include_kv) {
       if (!head.keys().empty() || !head.values().empty()) {
@@ -62,45 +132,122 @@ absl::StatusOr<std::vector<HeadData>> CheckExactResult(
       }
       continue;
     }
-    if (head.keys().size() != n * row_bytes ||
-        head.values().size() != n * row_bytes) {
-      return Mismatch(
-          hw,
-          absl::StrCat("inline keys/values of ", head.keys().size(), "/",
-                       head.values().size(), " bytes, want ", n * row_bytes));
+    auto data = RecoverPositions(hw, head, h, n, pattern, layer, n, {});
+    if (!data.ok()) return data.status();
+    out.push_back(std::move(*data));
+  }
+  return out;
+}
+
+std::vector<bool> SteadyMask(const v1::SessionResult& result) {
+  std::vector<bool> mask(result.num_tokens(), false);
+  for (const v1::TokenRange& t : result.steady()) {
+    for (uint64_t p = t.begin(); p < t.end() && p < mask.size(); ++p) {
+      mask[p] = true;
     }
-    // Rows identify tokens: recover each slot's position from its key row.
-    absl::flat_hash_map<std::string, uint64_t> position_of;
-    position_of.reserve(n);
-    for (uint64_t p = 0; p < n; ++p) {
-      position_of.emplace(pattern.Row(KvKind::kKeys, layer, p, h), p);
+  }
+  return mask;
+}
+
+absl::StatusOr<std::vector<HeadData>> CheckWaveResult(
+    const v1::SessionResult& result, const KvPattern& pattern, uint32_t layer,
+    bool include_kv) {
+  const v1::ModelShape& shape = pattern.shape();
+  const uint64_t n = result.num_tokens();
+  const std::string where =
+      absl::StrCat("session ", result.session_id(), " layer ", layer, " WAVE");
+  if (result.mode() != v1::RETRIEVE_MODE_WAVE) {
+    return Mismatch(where, "mode is not RETRIEVE_MODE_WAVE");
+  }
+  if (result.indexed_tokens() > n) {
+    return Mismatch(where, absl::StrCat("indexed_tokens ",
+                                        result.indexed_tokens(), " > ", n));
+  }
+  // Steady ranges: non-empty, disjoint, inside [0, n); with the indexed
+  // tokens they account for every token.
+  std::vector<bool> steady(n, false);
+  uint64_t steady_count = 0;
+  for (const v1::TokenRange& t : result.steady()) {
+    if (t.begin() >= t.end() || t.end() > n) {
+      return Mismatch(where, absl::StrCat("steady range [", t.begin(), ", ",
+                                          t.end(), ") outside [0, ", n, ")"));
     }
-    HeadData data;
-    data.kv_head = h;
-    data.keys = head.keys();
-    data.values = head.values();
-    std::vector<bool> seen(n, false);
-    for (uint64_t s = 0; s < n; ++s) {
-      const std::string key = head.keys().substr(s * row_bytes, row_bytes);
-      auto it = position_of.find(key);
-      if (it == position_of.end()) {
+    for (uint64_t p = t.begin(); p < t.end(); ++p) {
+      if (steady[p]) {
+        return Mismatch(where, absl::StrCat("steady ranges overlap at ", p));
+      }
+      steady[p] = true;
+      ++steady_count;
+    }
+  }
+  if (steady_count + result.indexed_tokens() != n) {
+    return Mismatch(
+        where, absl::StrCat(steady_count, " steady + ", result.indexed_tokens(),
+                            " indexed tokens != ", n));
+  }
+  if (result.heads_size() != static_cast<int>(shape.num_kv_heads())) {
+    return Mismatch(where, absl::StrCat("expected ", shape.num_kv_heads(),
+                                        " heads, got ", result.heads_size()));
+  }
+  const uint32_t group = shape.num_q_heads() / shape.num_kv_heads();
+  std::vector<bool> indexed(n);
+  for (uint64_t p = 0; p < n; ++p) indexed[p] = !steady[p];
+  std::vector<HeadData> out;
+  for (uint32_t h = 0; h < shape.num_kv_heads(); ++h) {
+    const v1::KvHeadResult& head = result.heads(h);
+    const std::string hw = absl::StrCat(where, " heads[", h, "]");
+    if (head.kv_head() != h) {
+      return Mismatch(hw, absl::StrCat("kv_head ", head.kv_head()));
+    }
+    if (head.tail_size() != static_cast<int>(group)) {
+      return Mismatch(hw, absl::StrCat(head.tail_size(), " tails for ", group,
+                                       " q heads of the group"));
+    }
+    for (int q = 0; q < head.tail_size(); ++q) {
+      const v1::TailStats& t = head.tail(q);
+      const std::string tw = absl::StrCat(hw, " tail[", q, "]");
+      if (t.numerator().size() != uint64_t{shape.head_dim()} * 4) {
         return Mismatch(
-            hw, absl::StrCat("slot ", s, ": key row is no appended token's"));
+            tw, absl::StrCat("numerator of ", t.numerator().size(), " bytes"));
       }
-      const uint64_t p = it->second;
-      if (seen[p]) {
-        return Mismatch(hw, absl::StrCat("token ", p, " appears twice"));
+      if (!(t.denominator() >= 0.0f) || std::isinf(t.denominator())) {
+        return Mismatch(tw, absl::StrCat("denominator ", t.denominator()));
       }
-      seen[p] = true;
-      if (head.values().compare(s * row_bytes, row_bytes,
-                                pattern.Row(KvKind::kValues, layer, p, h)) !=
-          0) {
-        return Mismatch(hw, absl::StrCat("slot ", s, " (token ", p,
-                                         "): value row differs"));
+      if (t.denominator() == 0.0f &&
+          !(std::isinf(t.max_logit()) && t.max_logit() < 0)) {
+        return Mismatch(tw, "an empty zone must have max_logit -inf");
       }
-      data.positions.push_back(p);
+      if (t.denominator() > 0.0f && !std::isfinite(t.max_logit())) {
+        return Mismatch(tw, "a non-empty zone needs a finite max_logit");
+      }
+      for (uint32_t i = 0; i < shape.head_dim(); ++i) {
+        float v;
+        std::memcpy(&v, t.numerator().data() + 4 * i, 4);
+        if (!std::isfinite(v)) {
+          return Mismatch(tw, absl::StrCat("numerator[", i, "] = ", v));
+        }
+        if (t.denominator() == 0.0f && v != 0.0f) {
+          return Mismatch(tw, "an empty zone must have a zero numerator");
+        }
+      }
     }
-    out.push_back(std::move(data));
+    auto total = CheckRanges(hw, head);
+    if (!total.ok()) return total.status();
+    if (*total > result.indexed_tokens()) {
+      return Mismatch(
+          hw, absl::StrCat("retrieval of ", *total, " slots > indexed_tokens ",
+                           result.indexed_tokens()));
+    }
+    if (!include_kv) {
+      if (!head.keys().empty() || !head.values().empty()) {
+        return Mismatch(hw, "inline K/V without include_kv");
+      }
+      continue;
+    }
+    auto data =
+        RecoverPositions(hw, head, h, *total, pattern, layer, n, indexed);
+    if (!data.ok()) return data.status();
+    out.push_back(std::move(*data));
   }
   return out;
 }
@@ -205,6 +352,7 @@ v1::FetchClustersRequest FetchRequestFor(const v1::SessionResult& result,
   request.set_layout_epoch(result.layout_epoch());
   request.set_max_chunk_bytes(max_chunk_bytes);
   for (const v1::KvHeadResult& head : result.heads()) {
+    if (head.retrieval().empty()) continue;
     v1::HeadSlots* hs = request.add_heads();
     hs->set_kv_head(head.kv_head());
     *hs->mutable_ranges() = head.retrieval();

@@ -30,9 +30,10 @@ struct HeadData {
   std::vector<uint64_t> positions;
 };
 
-// Checks one SessionResult of a RETRIEVE_MODE_EXACT call at `layer`:
-// one KvHeadResult per kv head in order, no tail, no steady ranges, ranges
-// of >= 1 slot that do not overlap and hold num_tokens slots in all; with
+// Checks one SessionResult of a RETRIEVE_MODE_EXACT call (or a WAVE call
+// served as EXACT) at `layer`: mode EXACT; one KvHeadResult per
+// kv head in order, no tail, no steady ranges, ranges of cluster_id 0 and
+// >= 1 slot that do not overlap and hold num_tokens slots in all; with
 // `include_kv`, keys/values of exactly those slots whose rows are the
 // appended rows of tokens 0..num_tokens-1, each token once, the value row
 // beside its key row (without it: no inline bytes). Returns the per-head
@@ -40,6 +41,23 @@ struct HeadData {
 absl::StatusOr<std::vector<HeadData>> CheckExactResult(
     const v1::SessionResult& result, const KvPattern& pattern, uint32_t layer,
     bool include_kv);
+
+// Checks one SessionResult served in RETRIEVE_MODE_WAVE at `layer`:
+// indexed_tokens <= num_tokens; steady ranges disjoint inside
+// [0, num_tokens) that, with the indexed tokens, account for every token;
+// one KvHeadResult per kv head in order, each with one TailStats per q head
+// of its GQA group (numerator of head_dim FP32 values, all finite;
+// denominator >= 0; an empty zone is max_logit -inf, denominator 0, zero
+// numerator) and disjoint retrieval ranges of >= 1 slot holding at most
+// indexed_tokens slots. With `include_kv`, the inline rows are appended rows
+// of indexed (non-steady) tokens, each once, value beside key. Returns the
+// per-head data (empty without include_kv).
+absl::StatusOr<std::vector<HeadData>> CheckWaveResult(
+    const v1::SessionResult& result, const KvPattern& pattern, uint32_t layer,
+    bool include_kv);
+
+// The token positions of `result.steady`, as a mask of num_tokens entries.
+std::vector<bool> SteadyMask(const v1::SessionResult& result);
 
 // Checks a drained FetchClusters stream for `request` against `pattern`:
 // ranges arrive in request order, each cut into consecutive chunks of
@@ -54,7 +72,8 @@ absl::StatusOr<std::vector<HeadData>> CheckFetchedChunks(
     uint64_t position_limit = std::numeric_limits<uint64_t>::max());
 
 // A FetchClustersRequest for every retrieval range of `result` (one
-// HeadSlots per kv head), at `layer`, with the result's layout_epoch.
+// HeadSlots per kv head that has ranges; none if no head has any), at
+// `layer`, with the result's layout_epoch.
 v1::FetchClustersRequest FetchRequestFor(const v1::SessionResult& result,
                                          uint32_t layer,
                                          uint32_t max_chunk_bytes);

@@ -6,6 +6,7 @@
 // The server runs with a tokens file of three tenants (alice, bob, carol)
 // and small limits so that every limit can be hit cheaply.
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <map>
@@ -569,6 +570,13 @@ TEST_F(BadInputTest, RetrieveRejectsMalformedRequests) {
        Invalid({"queries[1].session_id"})},
       {"query too short",
        [](R& r) { r.mutable_queries(0)->mutable_query()->resize(12); },
+       Invalid({"queries[0].query"})},
+      {"query with a NaN",
+       [](R& r) {
+         const float nan = std::numeric_limits<float>::quiet_NaN();
+         std::memcpy(r.mutable_queries(0)->mutable_query()->data() + 8, &nan,
+                     4);
+       },
        Invalid({"queries[0].query"})},
       {"query empty", [](R& r) { r.mutable_queries(0)->clear_query(); },
        Invalid({"queries[0].query"})},

@@ -49,6 +49,24 @@ const v1::ModelShape& ShapeFor(uint64_t n) {
   return kShapes[n % 3];
 }
 
+// Odd seeds get small wave-index parameters, so their background index
+// builds run while the readers race; even seeds keep the defaults (no index
+// at these lengths).
+v1::CreateSessionRequest RequestFor(uint64_t seed) {
+  v1::CreateSessionRequest request =
+      SessionRequest(ShapeFor(seed), "concurrency");
+  if (seed % 2 == 1) {
+    v1::IndexOptions* o = request.mutable_index_options();
+    o->set_sink_tokens(4);
+    o->set_recent_tokens(16);
+    o->set_segment_tokens(64);
+    o->set_cluster_size(8);
+    o->set_update_tokens(32);
+    o->set_retrieval_fraction(0.25f);
+  }
+  return request;
+}
+
 // One live session as the writers have acknowledged it.
 struct LiveSession {
   LiveSession(std::string session_id, uint64_t seed)
@@ -147,6 +165,7 @@ struct Counters {
   std::atomic<int64_t> lookups{0};
   std::atomic<int64_t> not_found_after_close{0};
   std::atomic<int64_t> stale_layouts{0};
+  std::atomic<int64_t> wave_results{0};
 };
 
 class ConcurrencyTest : public ::testing::Test {
@@ -163,8 +182,7 @@ class ConcurrencyTest : public ::testing::Test {
 
   std::shared_ptr<LiveSession> CreateSession(v1::WaveKv::Stub& stub,
                                              uint64_t seed) {
-    auto created = CallCreateSession(
-        stub, kNoToken, SessionRequest(ShapeFor(seed), "concurrency"));
+    auto created = CallCreateSession(stub, kNoToken, RequestFor(seed));
     if (!created.ok()) {
       failures_.Add("CreateSession: " + StatusText(created.status));
       return nullptr;
@@ -269,9 +287,13 @@ void ConcurrencyTest::RetrieveAndFetch(v1::WaveKv::Stub& stub,
   if (batch.empty()) return;
   const uint32_t layer = static_cast<uint32_t>(rng() % 2);
   const bool include_kv = rng() % 2 == 0;
+  // A third of the calls ask for WAVE (falling back to EXACT per session
+  // whose index is not ready, so UNAVAILABLE is never expected).
+  const bool wave = rng() % 3 == 0;
   v1::RetrieveRequest request;
   request.set_layer(layer);
-  request.set_mode(v1::RETRIEVE_MODE_EXACT);
+  request.set_mode(wave ? v1::RETRIEVE_MODE_WAVE : v1::RETRIEVE_MODE_EXACT);
+  request.set_exact_if_not_ready(wave);
   request.set_include_kv(include_kv);
   std::vector<uint64_t> lower;
   for (const auto& s : batch) {
@@ -307,7 +329,15 @@ void ConcurrencyTest::RetrieveAndFetch(v1::WaveKv::Stub& stub,
                                  lower[i], ", sent at most ", upper));
       continue;
     }
-    auto checked = CheckExactResult(result, s.pattern, layer, include_kv);
+    const bool served_wave = result.mode() == v1::RETRIEVE_MODE_WAVE;
+    if (served_wave && !wave) {
+      failures_.Add("Retrieve: an EXACT call was served as WAVE");
+      continue;
+    }
+    if (served_wave) counters_.wave_results++;
+    auto checked = served_wave
+                       ? CheckWaveResult(result, s.pattern, layer, include_kv)
+                       : CheckExactResult(result, s.pattern, layer, include_kv);
     if (!checked.ok()) {
       failures_.Add("Retrieve: " + std::string(checked.status().message()));
       continue;
@@ -321,12 +351,15 @@ void ConcurrencyTest::RetrieveAndFetch(v1::WaveKv::Stub& stub,
   if (result.num_tokens() == 0) return;
   const uint32_t chunk_bytes = 4096u << (rng() % 5);  // 4 .. 64 KiB
   v1::FetchClustersRequest fetch = FetchRequestFor(result, layer, chunk_bytes);
+  if (fetch.heads().empty()) return;
   if (rng() % 3 == 0) fetch.set_layout_epoch(0);  // unchecked
   FetchAnswer fetched = CallFetchClusters(stub, kNoToken, fetch);
   counters_.fetches++;
   if (!fetched.ok()) {
-    if (fetched.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION &&
-        fetch.layout_epoch() != 0) {
+    // The layout moved on since the Retrieve: with an epoch that is the
+    // check failing; without one, ranges over tokens that have since been
+    // indexed are gone (they are served from clusters now).
+    if (fetched.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
       counters_.stale_layouts++;
     } else if (!ClosedMeanwhile(fetched.status, {batch[pick]})) {
       failures_.Add("FetchClusters: " + StatusText(fetched.status));
@@ -338,6 +371,19 @@ void ConcurrencyTest::RetrieveAndFetch(v1::WaveKv::Stub& stub,
                                  result.num_tokens());
   if (!data.ok()) {
     failures_.Add("FetchClusters: " + std::string(data.status().message()));
+    return;
+  }
+  if (result.mode() == v1::RETRIEVE_MODE_WAVE) {
+    const std::vector<bool> steady = SteadyMask(result);
+    for (const HeadData& head : *data) {
+      for (uint64_t p : head.positions) {
+        if (steady[p]) {
+          failures_.Add(absl::StrCat("FetchClusters: steady token ", p,
+                                     " in a retrieved cluster"));
+          return;
+        }
+      }
+    }
   }
 }
 
@@ -413,10 +459,11 @@ TEST_F(ConcurrencyTest, ReadersSeeExactlyWhatWritersAppendedUnderChurn) {
   EXPECT_GE(counters_.retrieves.load(), 50);
   EXPECT_GE(counters_.fetches.load(), 10);
   EXPECT_GE(counters_.lookups.load(), 10);
+  EXPECT_GT(counters_.wave_results.load(), 0) << "no index became ready";
   std::printf(
       "appends %lld, churns %lld, retrieves %lld (%lld sessions), fetches "
       "%lld (%lld chunks), lookups %lld, NOT_FOUND after close %lld, stale "
-      "layouts %lld\n",
+      "layouts %lld, WAVE results %lld\n",
       static_cast<long long>(counters_.appends.load()),
       static_cast<long long>(counters_.churns.load()),
       static_cast<long long>(counters_.retrieves.load()),
@@ -425,7 +472,8 @@ TEST_F(ConcurrencyTest, ReadersSeeExactlyWhatWritersAppendedUnderChurn) {
       static_cast<long long>(counters_.fetched_chunks.load()),
       static_cast<long long>(counters_.lookups.load()),
       static_cast<long long>(counters_.not_found_after_close.load()),
-      static_cast<long long>(counters_.stale_layouts.load()));
+      static_cast<long long>(counters_.stale_layouts.load()),
+      static_cast<long long>(counters_.wave_results.load()));
 
   // Quiescent: every live session holds exactly what was acknowledged, in
   // every layer, and nothing else exists.

@@ -358,23 +358,10 @@ TEST_F(IntegrationTest, FetchClustersStreamsSmallChunksOfTheAppendedData) {
   EXPECT_TRUE(part_data.ok()) << part_data.status();
 }
 
-// Polls Retrieve in WAVE mode until the index is ready (UNAVAILABLE before).
-Answer<v1::RetrieveResponse> RetrieveWaveWhenReady(
-    v1::WaveKv::Stub& stub, const v1::RetrieveRequest& request) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(15);
-  while (true) {
-    auto r = CallRetrieve(stub, kNoToken, request);
-    if (r.status.error_code() != grpc::StatusCode::UNAVAILABLE ||
-        absl::Now() > deadline) {
-      return r;
-    }
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-}
-
-TEST_F(IntegrationTest, RetrieveWaveSplitsSteadyZoneAndClusters) {
-  const v1::ModelShape shape = MakeShape(2, 4, 2, 32, v1::DTYPE_FP32);
-  KvPattern pattern(31, shape);
+// Small wave-index parameters so that a few hundred tokens get clustered.
+v1::CreateSessionRequest WaveSessionRequest(const v1::ModelShape& shape,
+                                            float retrieval_fraction,
+                                            float estimation_fraction) {
   v1::CreateSessionRequest create = SessionRequest(shape, "wave");
   v1::IndexOptions* o = create.mutable_index_options();
   o->set_sink_tokens(4);
@@ -382,72 +369,190 @@ TEST_F(IntegrationTest, RetrieveWaveSplitsSteadyZoneAndClusters) {
   o->set_segment_tokens(128);
   o->set_cluster_size(8);
   o->set_update_tokens(32);
-  o->set_retrieval_fraction(0.1f);
-  o->set_estimation_fraction(0.5f);
-  v1::SessionInfo s = Create(create);
+  o->set_retrieval_fraction(retrieval_fraction);
+  o->set_estimation_fraction(estimation_fraction);
+  return create;
+}
+
+// Waits (bounded) until the session's index is READY; returns its info.
+Answer<v1::SessionInfo> WaitIndexReady(v1::WaveKv::Stub& stub,
+                                       const std::string& id) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(15);
+  while (true) {
+    auto info = CallGetSession(stub, kNoToken, id);
+    if (!info.ok() || info.response.index_state() == v1::INDEX_STATE_READY ||
+        info.response.index_state() == v1::INDEX_STATE_FAILED ||
+        absl::Now() > deadline) {
+      return info;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+v1::RetrieveRequest WaveRequest(uint32_t layer, bool include_kv) {
+  v1::RetrieveRequest request;
+  request.set_layer(layer);
+  request.set_mode(v1::RETRIEVE_MODE_WAVE);
+  request.set_include_kv(include_kv);
+  return request;
+}
+
+void AddQuery(v1::RetrieveRequest& request, const std::string& id,
+              const std::string& query) {
+  v1::SessionQuery* q = request.add_queries();
+  q->set_session_id(id);
+  q->set_query(query);
+}
+
+TEST_F(IntegrationTest, CreateSessionStartsWithAnEmptyIndex) {
+  v1::SessionInfo s =
+      Create(SessionRequest(MakeShape(3, 2, 2, 16, v1::DTYPE_FP16)));
+  EXPECT_EQ(s.index_state(), v1::INDEX_STATE_EMPTY);
+  ASSERT_EQ(s.layer_indexed_tokens_size(), 3);
+  for (uint64_t n : s.layer_indexed_tokens()) EXPECT_EQ(n, 0u);
+  EXPECT_TRUE(s.index_error().empty());
+}
+
+TEST_F(IntegrationTest, RetrieveWaveSplitsSteadyZoneAndClusters) {
+  const v1::ModelShape shape = MakeShape(2, 4, 2, 32, v1::DTYPE_FP32);
+  KvPattern pattern(31, shape);
+  v1::SessionInfo s = Create(WaveSessionRequest(shape, 0.1f, 0.5f));
   const uint64_t n = 400;
   ASSERT_TRUE(
       AppendTokens(stub(), kNoToken, s.session_id(), pattern, 0, n, 100).ok());
+  auto info = WaitIndexReady(stub(), s.session_id());
+  ASSERT_TRUE(info.ok()) << StatusText(info.status);
+  ASSERT_EQ(info.response.index_state(), v1::INDEX_STATE_READY)
+      << info.response.index_error();
 
-  v1::RetrieveRequest request;
-  request.set_layer(0);
-  request.set_mode(v1::RETRIEVE_MODE_WAVE);
-  v1::SessionQuery* q = request.add_queries();
-  q->set_session_id(s.session_id());
-  q->set_query(pattern.Query(0, 3));
-  auto r = RetrieveWaveWhenReady(stub(), request);
+  for (uint32_t layer = 0; layer < 2; ++layer) {
+    v1::RetrieveRequest request = WaveRequest(layer, /*include_kv=*/true);
+    AddQuery(request, s.session_id(), pattern.Query(layer, 3));
+    auto r = CallRetrieve(stub(), kNoToken, request);
+    ASSERT_TRUE(r.ok()) << StatusText(r.status);
+    ASSERT_EQ(r.response.results_size(), 1);
+    const v1::SessionResult& result = r.response.results(0);
+    EXPECT_EQ(result.num_tokens(), n);
+    EXPECT_GT(result.indexed_tokens(), 0u);
+    EXPECT_LE(result.indexed_tokens() + 4 + 16, n);
+    EXPECT_EQ(result.indexed_tokens(),
+              info.response.layer_indexed_tokens(layer));
+    auto inline_data = CheckWaveResult(result, pattern, layer, true);
+    ASSERT_TRUE(inline_data.ok()) << inline_data.status();
+    const std::vector<bool> steady = SteadyMask(result);
+    for (uint64_t p = 0; p < 4; ++p) EXPECT_TRUE(steady[p]) << "sink " << p;
+    for (uint64_t p = n - 16; p < n; ++p) {
+      EXPECT_TRUE(steady[p]) << "recent " << p;
+    }
+    for (const v1::KvHeadResult& head : result.heads()) {
+      EXPECT_FALSE(head.retrieval().empty()) << "10% of the clusters";
+      for (const v1::TailStats& t : head.tail()) {
+        EXPECT_GT(t.denominator(), 0.0f) << "half of the clusters estimated";
+      }
+    }
+    // FetchClusters streams the same clusters, slot for slot.
+    const v1::FetchClustersRequest fetch = FetchRequestFor(result, layer, 4096);
+    auto fetched = CallFetchClusters(stub(), kNoToken, fetch);
+    ASSERT_TRUE(fetched.ok()) << StatusText(fetched.status);
+    auto data = CheckFetchedChunks(fetch, fetched.chunks, pattern, n);
+    ASSERT_TRUE(data.ok()) << data.status();
+    for (size_t h = 0; h < data->size(); ++h) {
+      EXPECT_EQ((*data)[h].positions, (*inline_data)[h].positions);
+      EXPECT_EQ((*data)[h].keys, (*inline_data)[h].keys);
+      EXPECT_EQ((*data)[h].values, (*inline_data)[h].values);
+      for (uint64_t p : (*data)[h].positions) {
+        EXPECT_FALSE(steady[p]) << "steady token " << p << " in a cluster";
+      }
+    }
+  }
+}
+
+TEST_F(IntegrationTest, RetrieveWaveOfEveryClusterCoversEveryIndexedToken) {
+  // retrieval_fraction 1: every cluster is retrieved, the estimation zone
+  // is empty, and steady + retrieved tokens are exactly all tokens.
+  const v1::ModelShape shape = MakeShape(1, 6, 3, 16, v1::DTYPE_BF16);
+  KvPattern pattern(32, shape);
+  v1::SessionInfo s = Create(WaveSessionRequest(shape, 1.0f, 0.0f));
+  const uint64_t n = 333;
+  ASSERT_TRUE(
+      AppendTokens(stub(), kNoToken, s.session_id(), pattern, 0, n, 111).ok());
+  auto info = WaitIndexReady(stub(), s.session_id());
+  ASSERT_TRUE(info.ok()) << StatusText(info.status);
+  ASSERT_EQ(info.response.index_state(), v1::INDEX_STATE_READY);
+
+  v1::RetrieveRequest request = WaveRequest(0, /*include_kv=*/true);
+  AddQuery(request, s.session_id(), pattern.Query(0, 1));
+  auto r = CallRetrieve(stub(), kNoToken, request);
   ASSERT_TRUE(r.ok()) << StatusText(r.status);
-  ASSERT_EQ(r.response.results_size(), 1);
   const v1::SessionResult& result = r.response.results(0);
-  EXPECT_EQ(result.num_tokens(), n);
-  EXPECT_GT(result.indexed_tokens(), 0u);
-  EXPECT_LE(result.indexed_tokens() + 4 + 16, n);
-
-  // Steady ranges: disjoint, inside [0, n), including the sinks and the
-  // most recent tokens.
-  std::vector<bool> steady(n, false);
-  uint64_t steady_count = 0;
-  for (const v1::TokenRange& t : result.steady()) {
-    ASSERT_LT(t.begin(), t.end());
-    ASSERT_LE(t.end(), n);
-    for (uint64_t p = t.begin(); p < t.end(); ++p) {
-      ASSERT_FALSE(steady[p]) << "steady ranges overlap at " << p;
-      steady[p] = true;
-      ++steady_count;
-    }
-  }
-  for (uint64_t p = 0; p < 4; ++p) EXPECT_TRUE(steady[p]) << "sink " << p;
-  for (uint64_t p = n - 16; p < n; ++p)
-    EXPECT_TRUE(steady[p]) << "recent " << p;
-  EXPECT_EQ(steady_count + result.indexed_tokens(), n)
-      << "every token is either steady or indexed";
-
-  ASSERT_EQ(result.heads_size(), 2);
-  for (int h = 0; h < 2; ++h) {
-    const v1::KvHeadResult& head = result.heads(h);
-    EXPECT_EQ(head.kv_head(), static_cast<uint32_t>(h));
-    EXPECT_FALSE(head.retrieval().empty()) << "10% of the clusters";
-    ASSERT_EQ(head.tail_size(), 2) << "one tail per q head of the group";
-    for (const v1::TailStats& t : head.tail()) {
-      EXPECT_EQ(t.numerator().size(), 32u * 4);
-      EXPECT_GE(t.denominator(), 0.0f);
-    }
-    EXPECT_TRUE(head.keys().empty()) << "no include_kv";
-  }
-  // The retrieval clusters hold indexed tokens only, each at most once.
-  auto fetch =
-      CallFetchClusters(stub(), kNoToken, FetchRequestFor(result, 0, 8192));
-  ASSERT_TRUE(fetch.ok()) << StatusText(fetch.status);
-  auto data = CheckFetchedChunks(FetchRequestFor(result, 0, 8192), fetch.chunks,
-                                 pattern, n);
+  auto data = CheckWaveResult(result, pattern, 0, true);
   ASSERT_TRUE(data.ok()) << data.status();
+  const std::vector<bool> steady = SteadyMask(result);
   for (const HeadData& head : *data) {
-    std::set<uint64_t> seen;
-    for (uint64_t p : head.positions) {
-      EXPECT_FALSE(steady[p]) << "steady token " << p << " in a cluster";
-      EXPECT_TRUE(seen.insert(p).second) << "token " << p << " twice";
+    std::vector<bool> covered = steady;
+    for (uint64_t p : head.positions) covered[p] = true;
+    EXPECT_EQ(head.positions.size(), result.indexed_tokens());
+    for (uint64_t p = 0; p < n; ++p) {
+      EXPECT_TRUE(covered[p]) << "head " << head.kv_head << " token " << p;
     }
   }
+  for (const v1::KvHeadResult& head : result.heads()) {
+    for (const v1::TailStats& t : head.tail()) {
+      EXPECT_EQ(t.denominator(), 0.0f) << "nothing is left to estimate";
+    }
+  }
+}
+
+TEST_F(IntegrationTest, RetrieveWaveFallsBackToExactOnlyWhenAsked) {
+  const v1::ModelShape shape = MakeShape(2, 2, 1, 32, v1::DTYPE_FP16);
+  KvPattern ready_pattern(33, shape), young_pattern(34, shape);
+  v1::SessionInfo ready = Create(WaveSessionRequest(shape, 0.2f, 0.3f));
+  ASSERT_TRUE(AppendTokens(stub(), kNoToken, ready.session_id(), ready_pattern,
+                           0, 300, 150)
+                  .ok());
+  auto info = WaitIndexReady(stub(), ready.session_id());
+  ASSERT_TRUE(info.ok()) << StatusText(info.status);
+  ASSERT_EQ(info.response.index_state(), v1::INDEX_STATE_READY);
+  // A session too short to have an index.
+  v1::SessionInfo young = Create(WaveSessionRequest(shape, 0.2f, 0.3f));
+  ASSERT_TRUE(AppendTokens(stub(), kNoToken, young.session_id(), young_pattern,
+                           0, 10, 10)
+                  .ok());
+
+  v1::RetrieveRequest request = WaveRequest(1, /*include_kv=*/true);
+  AddQuery(request, ready.session_id(), ready_pattern.Query(1, 0));
+  AddQuery(request, young.session_id(), young_pattern.Query(1, 0));
+  // Without exact_if_not_ready, either UNAVAILABLE (no index) or an answer
+  // whose young session is all steady.
+  auto strict = CallRetrieve(stub(), kNoToken, request);
+  if (strict.ok()) {
+    ASSERT_EQ(strict.response.results_size(), 2);
+    auto checked =
+        CheckWaveResult(strict.response.results(1), young_pattern, 1, true);
+    EXPECT_TRUE(checked.ok()) << checked.status();
+    EXPECT_EQ(strict.response.results(1).indexed_tokens(), 0u);
+  } else {
+    EXPECT_EQ(strict.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << StatusText(strict.status);
+  }
+
+  request.set_exact_if_not_ready(true);
+  auto lenient = CallRetrieve(stub(), kNoToken, request);
+  ASSERT_TRUE(lenient.ok()) << StatusText(lenient.status);
+  ASSERT_EQ(lenient.response.results_size(), 2);
+  const v1::SessionResult& a = lenient.response.results(0);
+  const v1::SessionResult& b = lenient.response.results(1);
+  EXPECT_EQ(a.mode(), v1::RETRIEVE_MODE_WAVE) << "the ready one is WAVE";
+  auto checked_a = CheckWaveResult(a, ready_pattern, 1, true);
+  EXPECT_TRUE(checked_a.ok()) << checked_a.status();
+  if (b.mode() == v1::RETRIEVE_MODE_EXACT) {
+    auto checked_b = CheckExactResult(b, young_pattern, 1, true);
+    EXPECT_TRUE(checked_b.ok()) << checked_b.status();
+  } else {
+    auto checked_b = CheckWaveResult(b, young_pattern, 1, true);
+    EXPECT_TRUE(checked_b.ok()) << checked_b.status();
+  }
+  EXPECT_EQ(b.num_tokens(), 10u);
 }
 
 TEST_F(IntegrationTest, GetTransportInfoReportsLimits) {

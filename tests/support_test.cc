@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <limits>
 #include <set>
 
 #include "gtest/gtest.h"
@@ -70,6 +72,7 @@ v1::SessionResult ExactAnswer(const KvPattern& p, uint32_t layer, uint64_t n) {
   r.set_session_id("s");
   r.set_num_tokens(n);
   r.set_layout_epoch(3);
+  r.set_mode(v1::RETRIEVE_MODE_EXACT);
   for (uint32_t h = 0; h < p.shape().num_kv_heads(); ++h) {
     v1::KvHeadResult* head = r.add_heads();
     head->set_kv_head(h);
@@ -116,6 +119,88 @@ TEST(AnswerChecksTest, ExactAcceptsPermutedSlotsAndRejectsCorruption) {
     h.clear_values();
   }
   EXPECT_TRUE(CheckExactResult(no_kv, p, 1, false).ok());
+}
+
+// A WAVE answer built by hand: 40 tokens, steady [0, 4) and [30, 40), one
+// retrieved cluster of tokens 10..14 per head, two q heads per kv head.
+v1::SessionResult WaveAnswer(const KvPattern& p, uint32_t layer) {
+  v1::SessionResult r;
+  r.set_session_id("w");
+  r.set_mode(v1::RETRIEVE_MODE_WAVE);
+  r.set_num_tokens(40);
+  r.set_indexed_tokens(26);
+  v1::TokenRange* sinks = r.add_steady();
+  sinks->set_begin(0);
+  sinks->set_end(4);
+  v1::TokenRange* recent = r.add_steady();
+  recent->set_begin(30);
+  recent->set_end(40);
+  const float inf = std::numeric_limits<float>::infinity();
+  for (uint32_t h = 0; h < p.shape().num_kv_heads(); ++h) {
+    v1::KvHeadResult* head = r.add_heads();
+    head->set_kv_head(h);
+    v1::SlotRange* range = head->add_retrieval();
+    range->set_cluster_id(7);
+    range->set_first_slot(100);
+    range->set_num_slots(5);
+    for (uint64_t pos = 10; pos < 15; ++pos) {
+      *head->mutable_keys() += p.Row(KvKind::kKeys, layer, pos, h);
+      *head->mutable_values() += p.Row(KvKind::kValues, layer, pos, h);
+    }
+    for (int q = 0; q < 2; ++q) {
+      v1::TailStats* t = head->add_tail();
+      t->set_max_logit(q == 0 ? 1.5f : -inf);
+      t->set_denominator(q == 0 ? 3.0f : 0.0f);
+      std::string num(p.shape().head_dim() * 4, '\0');
+      if (q == 0) {
+        const float one = 1.0f;
+        std::memcpy(num.data(), &one, 4);
+      }
+      t->set_numerator(num);
+    }
+  }
+  return r;
+}
+
+TEST(AnswerChecksTest, WaveAcceptsAConsistentAnswerAndRejectsBrokenOnes) {
+  KvPattern p(9, MakeShape(1, 4, 2, 16, v1::DTYPE_FP16));
+  const v1::SessionResult r = WaveAnswer(p, 0);
+  auto ok = CheckWaveResult(r, p, 0, /*include_kv=*/true);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ((*ok)[1].positions, (std::vector<uint64_t>{10, 11, 12, 13, 14}));
+  EXPECT_FALSE(CheckExactResult(r, p, 0, true).ok()) << "mode is WAVE";
+  EXPECT_EQ(SteadyMask(r)[3], true);
+  EXPECT_EQ(SteadyMask(r)[4], false);
+
+  auto broken = [&](const std::function<void(v1::SessionResult&)>& f) {
+    v1::SessionResult b = r;
+    f(b);
+    return !CheckWaveResult(b, p, 0, true).ok();
+  };
+  EXPECT_TRUE(broken([](auto& b) { b.set_mode(v1::RETRIEVE_MODE_EXACT); }));
+  EXPECT_TRUE(broken([](auto& b) { b.set_indexed_tokens(25); }));
+  EXPECT_TRUE(broken([](auto& b) { b.mutable_steady(1)->set_begin(3); }));
+  EXPECT_TRUE(broken([](auto& b) { b.mutable_steady(1)->set_end(41); }));
+  EXPECT_TRUE(broken(
+      [](auto& b) { b.mutable_heads(0)->mutable_tail()->RemoveLast(); }));
+  EXPECT_TRUE(broken([](auto& b) {
+    b.mutable_heads(0)->mutable_tail(1)->set_max_logit(0.5f);  // den 0
+  }));
+  EXPECT_TRUE(broken([](auto& b) {
+    b.mutable_heads(1)->mutable_tail(0)->set_denominator(-1.0f);
+  }));
+  EXPECT_TRUE(broken([](auto& b) {
+    b.mutable_heads(1)->mutable_tail(0)->mutable_numerator()->resize(8);
+  }));
+  EXPECT_TRUE(broken([&](auto& b) {  // a steady token in a cluster
+    b.mutable_heads(0)->mutable_keys()->replace(0, 32,
+                                                p.Row(KvKind::kKeys, 0, 2, 0));
+    b.mutable_heads(0)->mutable_values()->replace(
+        0, 32, p.Row(KvKind::kValues, 0, 2, 0));
+  }));
+  EXPECT_TRUE(broken([](auto& b) {
+    b.mutable_heads(0)->mutable_retrieval(0)->set_num_slots(30);  // > indexed
+  }));
 }
 
 std::vector<v1::ClusterChunk> Chunks(const KvPattern& p, uint32_t layer,
