@@ -364,6 +364,11 @@ absl::Status Demo::WaitForIndex() {
              << ", FAILED: " << info.index_error()
              << "\n  WAVE calls will be answered in EXACT\n\n";
         return absl::OkStatus();
+      case v1::INDEX_STATE_EMPTY:  // no build pending: none is coming
+        out_ << (options_.interactive ? "\r" : "") << progress
+             << ", none built (too few tokens to index): WAVE calls will be "
+                "answered in EXACT\n\n";
+        return absl::OkStatus();
       case v1::INDEX_STATE_UNSPECIFIED:
         out_ << "wave index: the server does not report index progress\n\n";
         return absl::OkStatus();

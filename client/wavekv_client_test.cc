@@ -474,6 +474,7 @@ TEST(WaveKvDemoTest, SmallDemoRunsEndToEndAndChecksEveryAnswer) {
   demo.num_kv_heads = 2;
   demo.head_dim = 64;
   demo.keep_session = false;
+  demo.index_wait = absl::Seconds(20);
   for (v1::RetrieveMode mode :
        {v1::RETRIEVE_MODE_EXACT, v1::RETRIEVE_MODE_WAVE}) {
     demo.mode = mode;
