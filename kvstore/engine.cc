@@ -38,7 +38,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(
 EngineImpl::EngineImpl(const EngineOptions& options)
     : options_(options),
       budget_(options.memory_budget_bytes),
-      sessions_(options.max_sessions, options.max_sessions_per_tenant) {}
+      sessions_(options.max_sessions, options.max_sessions_per_tenant),
+      builder_(options.index_threads, budget_, options.on_index_build_failure),
+      retrieve_pool_(static_cast<int>(options.retrieve_threads)) {}
 
 int64_t EngineImpl::NowUnixMs() { return absl::ToUnixMillis(absl::Now()); }
 
@@ -88,9 +90,13 @@ absl::StatusOr<AppendResult> EngineImpl::Append(
   RETURN_IF_ERROR(session->ValidateAppend(layers));
   RETURN_IF_ERROR(
       CheckDurability(durability.value_or(session->options().durability)));
-  ASSIGN_OR_RETURN(AppendResult result, session->Append(layers, budget_));
+  ASSIGN_OR_RETURN(Session::AppendOutcome outcome,
+                   session->Append(layers, budget_));
   session->Touch(NowUnixMs());
-  return result;
+  for (uint32_t layer : outcome.index_layers) {
+    builder_.Schedule(session, layer);
+  }
+  return std::move(outcome.result);
 }
 
 absl::StatusOr<SessionInfo> EngineImpl::GetSession(
@@ -131,7 +137,9 @@ EngineStats EngineImpl::Stats() const {
   for (const std::shared_ptr<Session>& session : sessions_.All()) {
     ++stats.sessions;
     stats.tokens += session->num_tokens() * session->shape().num_layers;
+    stats.indexed_tokens += session->indexed_tokens();
   }
+  builder_.AddStats(stats);
   return stats;
 }
 

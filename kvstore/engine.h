@@ -17,7 +17,8 @@
 // Example:
 //   ASSIGN_OR_RETURN(auto engine, Engine::Open(EngineOptions{}));
 //   ASSIGN_OR_RETURN(SessionInfo s, engine->CreateSession("t1", opts));
-//   ASSIGN_OR_RETURN(AppendResult r, engine->Append("t1", s.session_id, layers));
+//   ASSIGN_OR_RETURN(AppendResult r, engine->Append("t1", s.session_id,
+//   layers));
 #ifndef WAVEKV_KVSTORE_ENGINE_H_
 #define WAVEKV_KVSTORE_ENGINE_H_
 
@@ -35,6 +36,15 @@
 
 namespace wavekv {
 
+// A failed background index build, as reported to
+// EngineOptions::on_index_build_failure.
+struct IndexBuildFailure {
+  std::string session_id;
+  TenantId tenant;
+  uint32_t layer = 0;
+  absl::Status status;
+};
+
 struct EngineOptions {
   // Host memory all sessions' K/V may hold, in bytes. Appends beyond it fail
   // with ResourceExhausted. >= 1 MiB.
@@ -50,6 +60,18 @@ struct EngineOptions {
   uint64_t max_inline_kv_bytes = 16ull << 20;
   // Retrieve batch limit (sessions per call). 1..4096.
   uint32_t max_batch_sessions = 256;
+  // Threads that build wave indexes in the background, each one (session,
+  // layer) at a time. 0 builds synchronously inside Append (the call
+  // returns with the index caught up; deterministic, for tests). 0..64.
+  uint32_t index_threads = 2;
+  // Worker threads that, with the calling thread, split one Retrieve batch
+  // across (session, kv head). 0 = the calling thread alone. 0..256.
+  uint32_t retrieve_threads = 4;
+  // Called on a build thread for every failed index build (the failure is
+  // also counted and shown in the session's index_state/index_error). Must
+  // be thread-safe and must not call into the engine. Empty: failures are
+  // logged to stderr.
+  std::function<void(const IndexBuildFailure&)> on_index_build_failure;
 
   absl::Status Validate() const;
 };
@@ -59,7 +81,15 @@ struct EngineStats {
   uint64_t sessions = 0;
   uint64_t memory_bytes = 0;  // K/V bytes held by all sessions
   uint64_t memory_budget_bytes = 0;
-  uint64_t tokens = 0;        // sum over sessions of num_tokens * num_layers
+  uint64_t tokens = 0;          // sum over sessions of num_tokens * num_layers
+  uint64_t indexed_tokens = 0;  // sum over sessions and layers
+  // Index builds (counters since Open): blocks clustered and installed,
+  // builds that failed, and seconds spent building (successful or not).
+  uint64_t index_builds = 0;
+  uint64_t index_build_failures = 0;
+  double index_build_seconds_total = 0.0;
+  // (session, layer) builds queued or running now.
+  uint64_t index_pending_layers = 0;
 };
 
 class Engine {
@@ -84,17 +114,36 @@ class Engine {
   // budget before anything is copied (ResourceExhausted naming
   // memory_budget_bytes when they do not fit); past the session's
   // max_tokens is ResourceExhausted too. Updates last_access on success.
+  // Layers that now have update_tokens or more tokens waiting beyond the
+  // recent window get an index build (background, or before returning
+  // with index_threads = 0); its failure does not fail the Append (see
+  // SessionInfo::index_state).
   virtual absl::StatusOr<AppendResult> Append(
       const TenantId& tenant, const std::string& session_id,
       absl::Span<const LayerAppend> layers,
       std::optional<Durability> durability = std::nullopt) = 0;
 
-  // Answers one query per session at one layer. In kExact mode every stored
-  // token of the layer is one SlotRange per kv head and `steady` is empty.
-  // Fails as a whole if any query is invalid (message names
-  // "queries[i]..."). kWave answers Unavailable until the engine maintains
-  // wave indexes. include_kv beyond max_inline_kv_bytes is
-  // ResourceExhausted. Updates last_access of every session on success.
+  // Answers one query per session at one layer; each session's answer is
+  // taken from one consistent state of its layer. Fails as a whole if any
+  // query is invalid (message names "queries[i]...").
+  //  - kExact: every stored token of the layer exactly once, as SlotRanges
+  //    per kv head (cluster_id 0): [0, n) as one range before anything is
+  //    indexed; once tokens are indexed, up to three: the sinks and the
+  //    unindexed tail in the token-order store and the indexed tokens as
+  //    one range of the cluster store (types.h, kClusterSlotBase).
+  //    `steady` is empty and indexed_tokens 0.
+  //  - kWave: `steady` is exactly the tokens outside the index (sinks,
+  //    recent and not yet indexed tokens), indexed_tokens how many are in
+  //    it, and per kv head the retrieval-zone clusters (best first, one
+  //    SlotRange each) and one TailStats per q head of its group. A layer
+  //    with no index answers Unavailable while its first build runs and
+  //    FailedPrecondition if its build failed ("mode: WAVE retrieval on
+  //    layer L of session S: ..."), unless exact_if_not_ready, which serves
+  //    that session in kExact mode (SessionResult::mode). A layer too short
+  //    to index is ready: everything steady, no clusters.
+  // include_kv adds the K/V of the ranges, in range order; beyond
+  // max_inline_kv_bytes it is ResourceExhausted. Updates last_access of
+  // every session on success.
   virtual absl::StatusOr<std::vector<SessionResult>> Retrieve(
       const TenantId& tenant, const RetrieveOptions& options,
       absl::Span<const RetrieveQuery> queries) = 0;
@@ -103,8 +152,9 @@ class Engine {
   // into chunks of at most max_chunk_bytes (K+V). Validation of the whole
   // request happens before the first chunk. If `sink` returns false the
   // fetch stops with Cancelled. The session is not locked while `sink` runs.
-  // Ranges past the stored slots, or a stale layout_epoch, are
-  // FailedPrecondition.
+  // Ranges past the stored slots, over tokens that have moved into the
+  // wave index since (also when that happens during the fetch), or a stale
+  // layout_epoch, are FailedPrecondition.
   virtual absl::Status FetchSlots(
       const TenantId& tenant, const FetchRequest& request,
       const std::function<bool(SlotChunk&&)>& sink) = 0;

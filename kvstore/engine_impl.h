@@ -1,19 +1,19 @@
 // EngineImpl: the in-memory engine behind Engine (engine.h). It hands the
 // work to small classes: SessionManager (ids, tenants, session limits),
-// Session (per-layer locks and SlotStores), MemoryBudget (host bytes).
+// Session (per-layer locks, stores and wave indexes), MemoryBudget (host
+// bytes), IndexBuilder (background index builds) and a ThreadPool that
+// splits Retrieve batches.
 //
 // Its methods are defined in engine.cc (sessions and appends), retrieve.cc
-// (Retrieve) and fetch_slots.cc (FetchSlots).
+// (Retrieve: validation, locking, EXACT and WAVE answers) and
+// fetch_slots.cc (FetchSlots).
 //
-// Seams for later work:
-//  - Persistence: CheckDurability() is where the persistent tier
-//    (RocksDB WAL/SST) plugs in; until then only DURABILITY_NONE is served.
-//  - Wave index: RetrieveWave() answers Unavailable until index/ builds
-//    the wave index per (session, layer, kv head).
+// Seam for later work: CheckDurability() is where the persistent tier
+// (RocksDB WAL/SST) plugs in; until then only DURABILITY_NONE is served.
 //
 // Thread-safe. Lock order: SessionManager::mu_ is never held while a
-// session's layer locks are taken; layer locks are taken in ascending layer
-// index (session.h). No lock is held while FetchSlots' sink runs.
+// session's layer locks are taken; layer locks as in session.h. No lock is
+// held while FetchSlots' sink runs.
 #ifndef WAVEKV_KVSTORE_ENGINE_IMPL_H_
 #define WAVEKV_KVSTORE_ENGINE_IMPL_H_
 
@@ -28,9 +28,11 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kvstore/engine.h"
+#include "kvstore/index_builder.h"
 #include "kvstore/memory_budget.h"
 #include "kvstore/session.h"
 #include "kvstore/session_manager.h"
+#include "kvstore/thread_pool.h"
 #include "kvstore/types.h"
 
 namespace wavekv {
@@ -67,22 +69,21 @@ class EngineImpl final : public Engine {
   // FailedPrecondition naming the durability field otherwise.
   static absl::Status CheckDurability(Durability durability);
 
-  // EXACT mode for validated queries: every stored token of the layer as
-  // one SlotRange per kv head.
-  absl::StatusOr<std::vector<SessionResult>> RetrieveExact(
+  // The answers to validated queries, with every session's layer reader
+  // lock held (readers[i] for sessions[i]).
+  absl::StatusOr<std::vector<SessionResult>> AnswerLocked(
       const RetrieveOptions& options, absl::Span<const RetrieveQuery> queries,
-      absl::Span<const std::shared_ptr<Session>> sessions) const;
-
-  // WAVE mode for validated queries.
-  absl::StatusOr<std::vector<SessionResult>> RetrieveWave(
-      const RetrieveOptions& options, absl::Span<const RetrieveQuery> queries,
-      absl::Span<const std::shared_ptr<Session>> sessions) const;
+      absl::Span<const std::shared_ptr<Session>> sessions,
+      absl::Span<const LayerView* const> views);
 
   static int64_t NowUnixMs();
 
   const EngineOptions options_;
   MemoryBudget budget_;
   SessionManager sessions_;
+  // Destroyed before the members above: their threads use them.
+  IndexBuilder builder_;
+  ThreadPool retrieve_pool_;
 };
 
 }  // namespace wavekv

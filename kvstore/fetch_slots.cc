@@ -1,6 +1,7 @@
 // EngineImpl::FetchSlots: validates a whole fetch request, then streams its
-// slot ranges in bounded chunks. Each chunk is copied under the layer's
-// reader lock; the sink runs with no lock held.
+// slot ranges (token-order or cluster slots, types.h) in bounded chunks. Each
+// chunk is copied under the layer's reader lock; the sink runs with no lock
+// held.
 #include <algorithm>
 #include <memory>
 #include <string>
@@ -58,8 +59,20 @@ absl::Status ValidateFetchShape(const ModelShape& shape,
   return absl::OkStatus();
 }
 
-// The checks against the layer as it is now. Slots only ever grow within
-// one layout epoch, so ranges that pass stay valid while the epoch holds.
+// Whether `range` can be read from `head` now: cluster slots below the
+// cluster store's end, or token slots that are stored and not dropped.
+bool Readable(const HeadStore& head, const SlotRange& range) {
+  if (range.first_slot >= kClusterSlotBase) {
+    const uint64_t first = range.first_slot - kClusterSlotBase;
+    const uint64_t stored = head.clusters.num_slots();
+    return first <= stored && range.num_slots <= stored - first;
+  }
+  return head.tokens.Holds(range.first_slot, range.num_slots);
+}
+
+// The checks against the layer as it is now. Within one layout epoch,
+// cluster slots only grow and token slots are only ever dropped by index
+// builds, so each chunk is checked again when it is copied.
 absl::Status ValidateFetchState(const FetchRequest& request,
                                 const LayerView& layer) {
   if (request.layout_epoch != 0 && request.layout_epoch != layer.layout_epoch) {
@@ -70,15 +83,31 @@ absl::Status ValidateFetchState(const FetchRequest& request,
   }
   for (size_t i = 0; i < request.heads.size(); ++i) {
     const HeadSlots& hs = request.heads[i];
-    const uint64_t stored = layer.heads[hs.kv_head].num_slots();
+    const HeadStore& head = layer.heads[hs.kv_head];
     for (size_t j = 0; j < hs.ranges.size(); ++j) {
       const SlotRange& r = hs.ranges[j];
+      if (Readable(head, r)) continue;
+      const std::string where = absl::StrCat("heads[", i, "].ranges[", j, "]");
+      if (r.first_slot >= kClusterSlotBase) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            where, ": first_slot ", r.first_slot, " + num_slots ", r.num_slots,
+            " reaches past the ", head.clusters.num_slots(),
+            " cluster slots (from ", kClusterSlotBase, ") of kv head ",
+            hs.kv_head, " of layer ", request.layer));
+      }
+      const uint64_t stored = head.tokens.num_slots();
       if (r.first_slot > stored || r.num_slots > stored - r.first_slot) {
         return absl::FailedPreconditionError(absl::StrCat(
-            "heads[", i, "].ranges[", j, "]: first_slot ", r.first_slot,
-            " + num_slots ", r.num_slots, " reaches past the ", stored,
-            " slots of kv head ", hs.kv_head, " of layer ", request.layer));
+            where, ": first_slot ", r.first_slot, " + num_slots ", r.num_slots,
+            " reaches past the ", stored, " slots of kv head ", hs.kv_head,
+            " of layer ", request.layer));
       }
+      return absl::FailedPreconditionError(absl::StrCat(
+          where, ": slots [", r.first_slot, ", ", r.first_slot + r.num_slots,
+          ") of kv head ", hs.kv_head, " of layer ", request.layer,
+          " hold tokens that moved into the wave index (tokens [",
+          layer.indexed.begin, ", ", layer.indexed.end,
+          ") are clustered now); retrieve again"));
     }
   }
   return absl::OkStatus();
@@ -122,25 +151,44 @@ absl::Status EngineImpl::FetchSlots(
         chunk.first_slot = range.first_slot + done;
         chunk.num_slots = static_cast<uint32_t>(n);
         bool layout_changed = false;
+        bool moved = false;
         RETURN_IF_ERROR(session->ReadLayer(
             request.layer, "session_id", [&](const LayerView& layer) {
               if (layer.layout_epoch != epoch) {
                 layout_changed = true;
                 return;
               }
+              const HeadStore& head = layer.heads[hs.kv_head];
+              const SlotRange piece{range.cluster_id, chunk.first_slot,
+                                    chunk.num_slots};
+              if (!Readable(head, piece)) {
+                moved = true;
+                return;
+              }
               chunk.keys.resize(n * row_bytes);
               chunk.values.resize(n * row_bytes);
               chunk.positions.resize(n);
-              layer.heads[hs.kv_head].CopyOut(
-                  chunk.first_slot, n,
-                  reinterpret_cast<uint8_t*>(chunk.keys.data()),
-                  reinterpret_cast<uint8_t*>(chunk.values.data()),
-                  chunk.positions.data());
+              auto* keys = reinterpret_cast<uint8_t*>(chunk.keys.data());
+              auto* values = reinterpret_cast<uint8_t*>(chunk.values.data());
+              if (piece.first_slot >= kClusterSlotBase) {
+                head.clusters.CopyOut(piece.first_slot - kClusterSlotBase, n,
+                                      keys, values, chunk.positions.data());
+              } else {
+                head.tokens.CopyOut(piece.first_slot, n, keys, values,
+                                    chunk.positions.data());
+              }
             }));
         if (layout_changed) {
           return absl::FailedPreconditionError(absl::StrCat(
               "layout_epoch: the layout of layer ", request.layer,
               " changed during the fetch (epoch ", epoch, "); retrieve again"));
+        }
+        if (moved) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "heads: slots [", chunk.first_slot, ", ",
+              chunk.first_slot + chunk.num_slots, ") of kv head ", hs.kv_head,
+              " of layer ", request.layer,
+              " moved into the wave index during the fetch; retrieve again"));
         }
         // No lock is held here: the sink may block on a slow stream.
         ++chunks_sent;

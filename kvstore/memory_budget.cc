@@ -31,4 +31,8 @@ void MemoryBudget::Release(uint64_t bytes) {
   ABSL_RAW_CHECK(before >= bytes, "MemoryBudget::Release of unreserved bytes");
 }
 
+void MemoryBudget::ForceReserve(uint64_t bytes) {
+  used_bytes_.fetch_add(bytes, std::memory_order_acq_rel);
+}
+
 }  // namespace wavekv

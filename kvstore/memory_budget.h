@@ -35,6 +35,12 @@ class MemoryBudget {
   // Returns `bytes` previously reserved. REQUIRES: bytes <= used_bytes().
   void Release(uint64_t bytes);
 
+  // Accounts `bytes` that are already allocated even if that takes the use
+  // above the budget. Only for reconciling a reservation with what an
+  // allocation really took (it never happens with libstdc++; see
+  // WaveIndex::CommitGrowthBytes).
+  void ForceReserve(uint64_t bytes);
+
   uint64_t used_bytes() const {
     return used_bytes_.load(std::memory_order_acquire);
   }
@@ -43,6 +49,27 @@ class MemoryBudget {
  private:
   const uint64_t budget_bytes_;
   std::atomic<uint64_t> used_bytes_{0};
+};
+
+// Bytes reserved in a MemoryBudget for an allocation in progress: released
+// on destruction unless Keep() handed them to what they were reserved for.
+// Not thread-safe.
+class BudgetReservation {
+ public:
+  BudgetReservation(MemoryBudget& budget, uint64_t bytes)
+      : budget_(budget), bytes_(bytes) {}
+  ~BudgetReservation() {
+    if (bytes_ != 0) budget_.Release(bytes_);
+  }
+  BudgetReservation(const BudgetReservation&) = delete;
+  BudgetReservation& operator=(const BudgetReservation&) = delete;
+
+  uint64_t bytes() const { return bytes_; }
+  void Keep() { bytes_ = 0; }
+
+ private:
+  MemoryBudget& budget_;
+  uint64_t bytes_;
 };
 
 }  // namespace wavekv

@@ -1,7 +1,11 @@
-// EngineImpl::Retrieve: validation of a batch of queries, EXACT mode, and
-// the seam for WAVE mode.
+// EngineImpl::Retrieve: validation of a batch of queries, the layer locks,
+// and the EXACT and WAVE answers, split across (session, kv head) on the
+// retrieve pool.
+#include <algorithm>
 #include <cmath>
 #include <memory>
+#include <numeric>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -11,7 +15,9 @@
 #include "absl/strings/string_view.h"
 #include "common/status_macros.h"
 #include "index/dtype.h"
+#include "index/wave_index_params.h"
 #include "kvstore/engine_impl.h"
+#include "kvstore/head_answer.h"
 
 namespace wavekv {
 
@@ -72,12 +78,29 @@ absl::StatusOr<std::vector<SessionResult>> EngineImpl::Retrieve(
     sessions.push_back(std::move(session));
   }
 
-  std::vector<SessionResult> results;
-  if (options.mode == RetrieveMode::kWave) {
-    ASSIGN_OR_RETURN(results, RetrieveWave(options, queries, sessions));
-  } else {
-    ASSIGN_OR_RETURN(results, RetrieveExact(options, queries, sessions));
+  // Every session's layer is read-locked for the whole answer, so each
+  // session's answer comes from one state. Locks are taken in ascending
+  // session id order (session.h).
+  std::vector<size_t> order(sessions.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return sessions[a]->id() < sessions[b]->id();
+  });
+  std::vector<std::optional<Session::LayerReader>> readers(sessions.size());
+  for (size_t i : order) {
+    ASSIGN_OR_RETURN(
+        Session::LayerReader reader,
+        sessions[i]->ReadLock(options.layer,
+                              absl::StrCat("queries[", i, "].session_id")));
+    readers[i].emplace(std::move(reader));
   }
+  std::vector<const LayerView*> views;
+  views.reserve(readers.size());
+  for (const auto& reader : readers) views.push_back(&reader->view());
+  ASSIGN_OR_RETURN(std::vector<SessionResult> results,
+                   AnswerLocked(options, queries, sessions, views));
+  readers.clear();
+
   const int64_t now = NowUnixMs();
   for (const std::shared_ptr<Session>& session : sessions) {
     session->Touch(now);
@@ -85,69 +108,94 @@ absl::StatusOr<std::vector<SessionResult>> EngineImpl::Retrieve(
   return results;
 }
 
-absl::StatusOr<std::vector<SessionResult>> EngineImpl::RetrieveExact(
+absl::StatusOr<std::vector<SessionResult>> EngineImpl::AnswerLocked(
     const RetrieveOptions& options, absl::Span<const RetrieveQuery> queries,
-    absl::Span<const std::shared_ptr<Session>> sessions) const {
+    absl::Span<const std::shared_ptr<Session>> sessions,
+    absl::Span<const LayerView* const> views) {
   std::vector<SessionResult> results(queries.size());
-  // include_kv: bytes the whole answer needs; copying stops once it is over
-  // the limit, counting goes on so the error names the full need.
-  uint64_t inline_bytes = 0;
-  bool over_limit = false;
+  // (session, kv head) pairs answered in WAVE mode.
+  std::vector<std::pair<size_t, uint32_t>> wave_heads;
   for (size_t i = 0; i < queries.size(); ++i) {
     const Session& session = *sessions[i];
-    const ModelShape& shape = session.shape();
-    const size_t row_bytes = size_t{shape.head_dim} * DTypeBytes(shape.dtype);
+    const LayerView& view = *views[i];
     SessionResult& r = results[i];
     r.session_id = session.id();
-    const std::string id_field = absl::StrCat("queries[", i, "].session_id");
-    RETURN_IF_ERROR(
-        session.ReadLayer(options.layer, id_field, [&](const LayerView& layer) {
-          r.num_tokens = layer.num_tokens;
-          r.indexed_tokens = 0;  // no wave index: every token is retrieved
-          r.layout_epoch = layer.layout_epoch;
-          r.heads.resize(shape.num_kv_heads);
-          const uint64_t n = layer.num_tokens;
-          if (options.include_kv) {
-            inline_bytes += 2 * n * row_bytes * shape.num_kv_heads;
-            over_limit =
-                over_limit || inline_bytes > options_.max_inline_kv_bytes;
-          }
-          for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
-            KvHeadResult& head = r.heads[h];
-            head.kv_head = h;
-            if (n == 0) continue;  // a SlotRange holds >= 1 slot
-            // n <= max_tokens <= UINT32_MAX (EngineOptions::Validate).
-            head.retrieval.push_back(SlotRange{0, 0, static_cast<uint32_t>(n)});
-            if (options.include_kv && !over_limit) {
-              head.keys.resize(n * row_bytes);
-              head.values.resize(n * row_bytes);
-              layer.heads[h].CopyOut(
-                  0, n, reinterpret_cast<uint8_t*>(head.keys.data()),
-                  reinterpret_cast<uint8_t*>(head.values.data()), nullptr);
-            }
-          }
-        }));
+    r.num_tokens = view.num_tokens;
+    r.layout_epoch = view.layout_epoch;
+    r.mode = RetrieveMode::kExact;
+    if (options.mode == RetrieveMode::kWave) {
+      absl::Status ready = session.WaveReadiness(options.layer, view);
+      if (ready.ok()) {
+        r.mode = RetrieveMode::kWave;
+      } else if (!options.exact_if_not_ready) {
+        return absl::Status(
+            ready.code(), absl::StrCat(ready.message(), " (queries[", i, "])"));
+      }
+    }
+    const uint32_t num_kv_heads = session.shape().num_kv_heads;
+    r.heads.resize(num_kv_heads);
+    for (uint32_t h = 0; h < num_kv_heads; ++h) r.heads[h].kv_head = h;
+    if (r.mode == RetrieveMode::kWave) {
+      r.indexed_tokens = view.indexed.num_tokens();
+      for (const TokenSpan& span : SteadySpans(view.num_tokens, view.indexed)) {
+        r.steady.push_back(TokenRange{span.begin, span.end});
+      }
+      for (uint32_t h = 0; h < num_kv_heads; ++h) wave_heads.emplace_back(i, h);
+    } else {
+      r.indexed_tokens = 0;  // everything is in the ranges
+      for (uint32_t h = 0; h < num_kv_heads; ++h) {
+        r.heads[h].retrieval =
+            ExactRanges(view.heads[h], view.num_tokens, view.indexed);
+      }
+    }
   }
-  if (over_limit) {
+
+  // WAVE: rank clusters and compute tails, per (session, kv head).
+  std::vector<absl::Status> statuses(wave_heads.size());
+  retrieve_pool_.ParallelFor(wave_heads.size(), [&](size_t t) {
+    const auto [i, h] = wave_heads[t];
+    const ModelShape& shape = sessions[i]->shape();
+    const size_t g = shape.group_size();
+    const size_t d = shape.head_dim;
+    statuses[t] = PlanWaveHead(
+        views[i]->heads[h], queries[i].query.subspan(h * g * d, g * d), g, d,
+        sessions[i]->index_params(), &results[i].heads[h]);
+  });
+  for (size_t t = 0; t < statuses.size(); ++t) {
+    if (!statuses[t].ok()) {
+      return absl::Status(statuses[t].code(),
+                          absl::StrCat("queries[", wave_heads[t].first,
+                                       "]: ", statuses[t].message()));
+    }
+  }
+
+  if (!options.include_kv) return results;
+  // include_kv: the whole answer must fit the inline limit.
+  uint64_t inline_bytes = 0;
+  std::vector<std::pair<size_t, uint32_t>> all_heads;
+  for (size_t i = 0; i < results.size(); ++i) {
+    const ModelShape& shape = sessions[i]->shape();
+    const uint64_t row_bytes =
+        uint64_t{shape.head_dim} * DTypeBytes(shape.dtype);
+    for (uint32_t h = 0; h < results[i].heads.size(); ++h) {
+      inline_bytes += 2 * row_bytes * RangeSlots(results[i].heads[h].retrieval);
+      all_heads.emplace_back(i, h);
+    }
+  }
+  if (inline_bytes > options_.max_inline_kv_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "include_kv: the answer's K/V takes ", inline_bytes,
         " bytes, more than the inline limit of ", options_.max_inline_kv_bytes,
         " bytes (max_inline_kv_bytes); fetch it with FetchClusters instead"));
   }
+  retrieve_pool_.ParallelFor(all_heads.size(), [&](size_t t) {
+    const auto [i, h] = all_heads[t];
+    const ModelShape& shape = sessions[i]->shape();
+    CopyRangesKv(views[i]->heads[h],
+                 size_t{shape.head_dim} * DTypeBytes(shape.dtype),
+                 &results[i].heads[h]);
+  });
   return results;
-}
-
-absl::StatusOr<std::vector<SessionResult>> EngineImpl::RetrieveWave(
-    const RetrieveOptions& options, absl::Span<const RetrieveQuery> queries,
-    absl::Span<const std::shared_ptr<Session>> sessions) const {
-  // The wave index (index/) is built per (session, layer, kv head); until
-  // the engine builds and maintains it, no layer is ready for WAVE mode.
-  (void)options;
-  (void)queries;
-  (void)sessions;
-  return absl::UnavailableError(
-      "mode: WAVE retrieval needs the wave index, which is not built for "
-      "this session yet");
 }
 
 }  // namespace wavekv

@@ -7,6 +7,7 @@
 #include "absl/base/internal/raw_logging.h"
 #include "absl/strings/str_cat.h"
 #include "index/dtype.h"
+#include "index/wave_index_params.h"
 
 namespace wavekv {
 
@@ -14,6 +15,19 @@ absl::Status SessionNotFoundError(absl::string_view field,
                                   absl::string_view session_id) {
   return absl::NotFoundError(
       absl::StrCat(field, ": session \"", session_id, "\" not found"));
+}
+
+WaveIndexParams ToWaveIndexParams(const IndexOptions& options) {
+  WaveIndexParams p;
+  p.sink_tokens = options.sink_tokens;
+  p.recent_tokens = options.recent_tokens;
+  p.segment_tokens = options.segment_tokens;
+  p.cluster_size = options.cluster_size;
+  p.kmeans_iterations = options.kmeans_iterations;
+  p.update_tokens = options.update_tokens;
+  p.retrieval_fraction = options.retrieval_fraction;
+  p.estimation_fraction = options.estimation_fraction;
+  return p;
 }
 
 // Locks are taken in ascending layer index (the session's lock order) and
@@ -43,6 +57,7 @@ class Session::LayerWriteLocks {
 
 Session::Layer::Layer(size_t num_kv_heads, size_t row_bytes,
                       ChunkGeometry geometry) {
+  absl::MutexLock lock(&mu);
   heads.reserve(num_kv_heads);
   for (size_t h = 0; h < num_kv_heads; ++h) {
     heads.emplace_back(row_bytes, geometry);
@@ -55,6 +70,7 @@ Session::Session(std::string id, TenantId tenant, const SessionOptions& options,
     : id_(std::move(id)),
       tenant_(std::move(tenant)),
       options_(options),
+      params_(ToWaveIndexParams(options.index)),
       max_tokens_(max_tokens),
       created_unix_ms_(now_unix_ms),
       last_access_unix_ms_(now_unix_ms) {
@@ -107,7 +123,18 @@ absl::Status Session::ValidateAppend(
   return absl::OkStatus();
 }
 
-absl::StatusOr<AppendResult> Session::Append(
+bool Session::NeedsBuild(const Layer& layer) const {
+  // A build that failed on the data itself would fail again.
+  if (layer.build_pending || absl::IsInvalidArgument(layer.build_error)) {
+    return false;
+  }
+  return !NextIndexBlock(params_,
+                         layer.num_tokens.load(std::memory_order_relaxed),
+                         layer.indexed.end)
+              .empty();
+}
+
+absl::StatusOr<Session::AppendOutcome> Session::Append(
     absl::Span<const LayerAppend> layers, MemoryBudget& budget) {
   const ModelShape& shape = options_.shape;
   // 1. Everything that does not depend on state, before taking any lock.
@@ -141,8 +168,8 @@ absl::StatusOr<AppendResult> Session::Append(
           length, " would exceed the session's max_tokens (", max_tokens_,
           ")"));
     }
-    for (const SlotStore& store : layer.heads) {
-      growth_bytes += store.GrowthBytes(length + la.num_tokens);
+    for (const HeadStore& head : layer.heads) {
+      growth_bytes += head.tokens.GrowthBytes(length + la.num_tokens);
     }
   }
   if (absl::Status s = budget.TryReserve(growth_bytes); !s.ok()) return s;
@@ -155,12 +182,12 @@ absl::StatusOr<AppendResult> Session::Append(
     layer.mu.AssertHeld();
     const uint64_t target =
         layer.num_tokens.load(std::memory_order_relaxed) + la.num_tokens;
-    for (SlotStore& store : layer.heads) {
-      if (absl::Status s = store.Reserve(target); !s.ok()) {
+    for (HeadStore& head : layer.heads) {
+      if (absl::Status s = head.tokens.Reserve(target); !s.ok()) {
         for (size_t j = 0; j <= i; ++j) {
           Layer& undo = *layers_[layers[j].layer];
           undo.mu.AssertHeld();
-          for (SlotStore& st : undo.heads) st.ReleaseUnused();
+          for (HeadStore& hs : undo.heads) hs.tokens.ReleaseUnused();
         }
         budget.Release(growth_bytes);
         return s;
@@ -170,42 +197,91 @@ absl::StatusOr<AppendResult> Session::Append(
 
   const size_t row_bytes = size_t{shape.head_dim} * DTypeBytes(shape.dtype);
   const size_t stride = size_t{shape.num_kv_heads} * row_bytes;
+  AppendOutcome outcome;
   for (const LayerAppend& la : layers) {
     Layer& layer = *layers_[la.layer];
     layer.mu.AssertHeld();
     for (size_t h = 0; h < layer.heads.size(); ++h) {
-      layer.heads[h].Append(la.keys.data() + h * row_bytes,
-                            la.values.data() + h * row_bytes, stride,
-                            la.num_tokens, la.start_token);
+      layer.heads[h].tokens.Append(la.keys.data() + h * row_bytes,
+                                   la.values.data() + h * row_bytes, stride,
+                                   la.num_tokens, la.start_token);
     }
     layer.num_tokens.store(la.start_token + la.num_tokens,
                            std::memory_order_release);
+    if (NeedsBuild(layer)) {
+      layer.build_pending = true;
+      outcome.index_layers.push_back(la.layer);
+    }
   }
   memory_bytes_.fetch_add(growth_bytes, std::memory_order_acq_rel);
 
-  AppendResult result;
+  AppendResult& result = outcome.result;
   result.layer_tokens = LayerTokens();
   result.num_tokens =
       *std::min_element(result.layer_tokens.begin(), result.layer_tokens.end());
   result.durable_tokens = 0;  // DURABILITY_NONE only (see engine.cc)
-  return result;
+  std::sort(outcome.index_layers.begin(), outcome.index_layers.end());
+  return outcome;
 }
 
-absl::Status Session::ReadLayer(
-    uint32_t layer_index, absl::string_view id_field,
-    absl::FunctionRef<void(const LayerView&)> fn) const {
-  ABSL_RAW_CHECK(layer_index < layers_.size(), "ReadLayer: layer out of range");
+Session::LayerReader::LayerReader(absl::Mutex* mu, LayerView view)
+    : mu_(mu), view_(std::move(view)) {}
+
+Session::LayerReader::LayerReader(LayerReader&& other) noexcept
+    : mu_(other.mu_), view_(std::move(other.view_)) {
+  other.mu_ = nullptr;
+}
+
+Session::LayerReader::~LayerReader() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  if (mu_ != nullptr) mu_->ReaderUnlock();
+}
+
+absl::StatusOr<Session::LayerReader> Session::ReadLock(
+    uint32_t layer_index,
+    absl::string_view id_field) const ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  ABSL_RAW_CHECK(layer_index < layers_.size(), "ReadLock: layer out of range");
   const Layer& layer = *layers_[layer_index];
-  absl::ReaderMutexLock lock(&layer.mu);
+  layer.mu.ReaderLock();
   if (closed_.load(std::memory_order_acquire)) {
+    layer.mu.ReaderUnlock();
     return SessionNotFoundError(id_field, id_);
   }
   LayerView view;
   view.num_tokens = layer.num_tokens.load(std::memory_order_relaxed);
   view.layout_epoch = layer.layout_epoch;
+  view.indexed = layer.indexed;
+  view.build_pending = layer.build_pending;
+  view.build_error = layer.build_error;
   view.heads = absl::MakeConstSpan(layer.heads);
-  fn(view);
+  return LayerReader(&layer.mu, std::move(view));
+}
+
+absl::Status Session::ReadLayer(
+    uint32_t layer_index, absl::string_view id_field,
+    absl::FunctionRef<void(const LayerView&)> fn) const {
+  absl::StatusOr<LayerReader> reader = ReadLock(layer_index, id_field);
+  if (!reader.ok()) return reader.status();
+  fn(reader->view());
   return absl::OkStatus();
+}
+
+absl::Status Session::WaveReadiness(uint32_t layer,
+                                    const LayerView& view) const {
+  const std::string where = absl::StrCat("mode: WAVE retrieval on layer ",
+                                         layer, " of session \"", id_, "\"");
+  if (!view.build_error.ok() && !view.build_pending) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        where, ": the index build failed (FAILED: ", view.build_error.message(),
+        "); EXACT mode and exact_if_not_ready keep working"));
+  }
+  if (!view.indexed.empty() ||
+      NextIndexBlock(params_, view.num_tokens, view.indexed.end).empty()) {
+    return absl::OkStatus();
+  }
+  return absl::UnavailableError(absl::StrCat(
+      where, ": index not ready (BUILDING: 0 of ", view.num_tokens,
+      " tokens indexed, the first block is being clustered); retry, or set "
+      "exact_if_not_ready for an EXACT answer"));
 }
 
 std::vector<uint64_t> Session::LayerTokens() const {
@@ -215,6 +291,14 @@ std::vector<uint64_t> Session::LayerTokens() const {
     tokens.push_back(layer->num_tokens.load(std::memory_order_acquire));
   }
   return tokens;
+}
+
+uint64_t Session::indexed_tokens() const {
+  uint64_t sum = 0;
+  for (const auto& layer : layers_) {
+    sum += layer->indexed_tokens.load(std::memory_order_acquire);
+  }
+  return sum;
 }
 
 uint64_t Session::num_tokens() const {
@@ -246,6 +330,25 @@ absl::StatusOr<SessionInfo> Session::Info() const {
   info.created_unix_ms = created_unix_ms_;
   info.last_access_unix_ms =
       last_access_unix_ms_.load(std::memory_order_acquire);
+  // Index progress, one layer lock at a time.
+  bool failed = false, building = false, indexed = false;
+  info.layer_indexed_tokens.reserve(layers_.size());
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& layer = *layers_[l];
+    absl::ReaderMutexLock lock(&layer.mu);
+    info.layer_indexed_tokens.push_back(layer.indexed.num_tokens());
+    indexed = indexed || !layer.indexed.empty();
+    building = building || layer.build_pending;
+    if (!layer.build_error.ok() && !layer.build_pending && !failed) {
+      failed = true;
+      info.index_error =
+          absl::StrCat("layer ", l, ": ", layer.build_error.message());
+    }
+  }
+  info.index_state = failed     ? IndexState::kFailed
+                     : building ? IndexState::kBuilding
+                     : indexed  ? IndexState::kReady
+                                : IndexState::kEmpty;
   return info;
 }
 
@@ -258,8 +361,16 @@ uint64_t Session::Close() {
   uint64_t freed = 0;
   for (auto& layer : layers_) {
     layer->mu.AssertHeld();
-    for (SlotStore& store : layer->heads) freed += store.Clear();
+    for (HeadStore& head : layer->heads) {
+      freed += head.tokens.Clear() + head.clusters.Clear();
+      // A running build may still hold the index; its bytes leave the
+      // account now and the memory when the build lets go.
+      if (head.index != nullptr) freed += head.index->memory_bytes();
+      head.index.reset();
+    }
+    layer->indexed = TokenSpan{};
     layer->num_tokens.store(0, std::memory_order_release);
+    layer->indexed_tokens.store(0, std::memory_order_release);
   }
   memory_bytes_.fetch_sub(freed, std::memory_order_acq_rel);
   return freed;

@@ -1,14 +1,36 @@
 // Session: one cached sequence of one tenant — its options, and per layer
-// the token count, one SlotStore per kv head and the layout epoch.
+// the token count, the stores of every kv head, the wave index and its
+// build state.
+//
+// Stores of one (layer, kv head) (HeadStore):
+//  - tokens: the token-order SlotStore, slot t = token t. It holds the
+//    steady zone (sinks, recent tokens) and every token not indexed yet;
+//    tokens the index covers are dropped from it (their chunks freed).
+//  - clusters: the ClusterStore of indexed tokens in the index's
+//    cluster-major slot order.
+//  - index: the WaveIndex over those tokens.
+// Every kv head of a layer covers the same token span (LayerView::indexed),
+// so one answer has one steady zone per session. Slot addresses: types.h,
+// kClusterSlotBase.
+//
+// Index builds (index_build.cc): Append reports the layers that have a
+// block to index (NextIndexBlock); the engine runs BuildIndex for each, at
+// most one at a time per layer. A build copies the block's K/V under short
+// reader locks, clusters without any lock, then takes the writer lock
+// briefly to install clusters, slots and index and to drop the tokens from
+// the token-order store.
 //
 // Locking. Each layer has its own absl::Mutex, so appends to one layer never
-// wait for readers of another. Retrieve and FetchSlots read a layer under
-// its reader lock (ReadLayer); Append takes the writer locks of the layers it
-// names; Close takes every layer's writer lock. Lock order: layer locks in
-// ascending layer index; no other lock is taken while one is held, except
-// MemoryBudget's lock-free counter. Gauges (token counts, memory bytes,
-// last access) are atomics, written under the layer locks and readable
-// without them.
+// wait for readers of another. Readers (Retrieve, FetchSlots, Info) hold a
+// layer's reader lock; Append takes the writer locks of the layers it
+// names; a build's install takes one layer's writer lock; Close takes every
+// layer's writer lock. Lock order: within a session, layer locks in
+// ascending layer index. A thread may hold the reader locks of one layer in
+// several sessions (a Retrieve batch): it takes them in ascending session id
+// order; writer locks of two sessions are never held together. No other
+// lock is taken while a layer lock is held, except MemoryBudget's lock-free
+// counter. Gauges (token counts, memory bytes, last access) are atomics,
+// written under the layer locks and readable without them.
 //
 // Thread-safe.
 #ifndef WAVEKV_KVSTORE_SESSION_H_
@@ -27,6 +49,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "index/wave_index.h"
+#include "index/wave_index_params.h"
+#include "kvstore/cluster_store.h"
 #include "kvstore/memory_budget.h"
 #include "kvstore/slot_store.h"
 #include "kvstore/types.h"
@@ -39,14 +64,38 @@ namespace wavekv {
 absl::Status SessionNotFoundError(absl::string_view field,
                                   absl::string_view session_id);
 
-// Read-only view of one layer, valid inside Session::ReadLayer's callback.
+// The index's parameters from the session's options (the same fields).
+WaveIndexParams ToWaveIndexParams(const IndexOptions& options);
+
+// The stores of one kv head of one layer (see above).
+struct HeadStore {
+  HeadStore(size_t row_bytes, ChunkGeometry geometry)
+      : tokens(row_bytes, geometry), clusters(row_bytes) {}
+
+  SlotStore tokens;
+  ClusterStore clusters;
+  // Null until the layer's first block is installed. Shared so that a build
+  // can prepare its next block against it without the layer lock: only
+  // builds change it, one at a time per layer, under the writer lock.
+  std::shared_ptr<WaveIndex> index;
+};
+
+// Read-only view of one layer, valid while its reader lock is held.
 struct LayerView {
   uint64_t num_tokens = 0;
-  // Starts at 1 and changes whenever slots are reordered (a wave-index
-  // relayout), so that stale slot ranges can be detected. 0 is never used:
-  // FetchRequest treats it as "do not check".
+  // Starts at 1 and changes whenever installed slots are reordered, so
+  // that stale slot ranges can be detected. Index builds only append
+  // clusters, so they keep it. 0 is never used: FetchRequest treats it as
+  // "do not check".
   uint64_t layout_epoch = 0;
-  absl::Span<const SlotStore> heads;  // one per kv head
+  // Tokens in the cluster stores (the same for every kv head); empty when
+  // nothing is indexed.
+  TokenSpan indexed;
+  // A build of this layer is scheduled or running.
+  bool build_pending = false;
+  // The last build's failure; OK if none failed since the last success.
+  absl::Status build_error;
+  absl::Span<const HeadStore> heads;  // one per kv head
 };
 
 class Session {
@@ -63,6 +112,7 @@ class Session {
   const TenantId& tenant() const { return tenant_; }
   const SessionOptions& options() const { return options_; }
   const ModelShape& shape() const { return options_.shape; }
+  const WaveIndexParams& index_params() const { return params_; }
   uint64_t max_tokens() const { return max_tokens_; }
 
   // The checks of Append that do not depend on state: InvalidArgument
@@ -70,28 +120,75 @@ class Session {
   // exact keys/values lengths).
   absl::Status ValidateAppend(absl::Span<const LayerAppend> layers) const;
 
+  struct AppendOutcome {
+    AppendResult result;
+    // Layers that now have a block to index and whose build the caller
+    // must run (BuildIndex), now or on a worker; they are marked pending.
+    std::vector<uint32_t> index_layers;
+  };
   // Appends K/V to the named layers, all or nothing. Validates every field
-  // first (ValidateAppend), then under the
-  // layers' writer locks: start_token == layer length (FailedPrecondition),
-  // the session's max_tokens (ResourceExhausted), and reserves the bytes
-  // the new chunks take in `budget` before allocating (ResourceExhausted).
-  // NotFound if the session is closed. On error nothing changed.
-  absl::StatusOr<AppendResult> Append(absl::Span<const LayerAppend> layers,
-                                      MemoryBudget& budget);
+  // first (ValidateAppend), then under the layers' writer locks:
+  // start_token == layer length (FailedPrecondition), the session's
+  // max_tokens (ResourceExhausted), and reserves the bytes the new chunks
+  // take in `budget` before allocating (ResourceExhausted). NotFound if the
+  // session is closed. On error nothing changed.
+  absl::StatusOr<AppendOutcome> Append(absl::Span<const LayerAppend> layers,
+                                       MemoryBudget& budget);
 
-  // Runs `fn` on a view of `layer` while holding that layer's reader lock.
-  // `fn` must not block or call back into the session. Returns NotFound
-  // (naming `id_field`) if the session is closed; `fn` is not called then.
-  // REQUIRES: layer < shape().num_layers.
+  struct BuildReport {
+    uint32_t blocks = 0;  // blocks clustered and installed
+    absl::Status status;  // the failure, if the build failed
+  };
+  // Indexes `layer` block by block until NextIndexBlock has nothing more,
+  // then clears its pending mark. Memory for the new cluster slots and the
+  // index growth is reserved in `budget` before it is allocated; the
+  // tokens' old chunks are released after the install. A failure
+  // (ResourceExhausted for memory, InvalidArgument for non-finite K/V) is
+  // recorded in the layer (SessionInfo index_state FAILED) and returned;
+  // the next Append retries it unless it was InvalidArgument. A session
+  // closed meanwhile ends the build quietly.
+  // REQUIRES: `layer` was returned by Append in index_layers and no other
+  // BuildIndex of it runs.
+  BuildReport BuildIndex(uint32_t layer, MemoryBudget& budget);
+
+  // Holds one layer's reader lock while alive (RAII); view() is valid
+  // meanwhile. Move-only; must be destroyed on the thread that made it.
+  class LayerReader {
+   public:
+    LayerReader(LayerReader&& other) noexcept;
+    LayerReader& operator=(LayerReader&&) = delete;
+    ~LayerReader();
+    const LayerView& view() const { return view_; }
+
+   private:
+    friend class Session;
+    LayerReader(absl::Mutex* mu, LayerView view);
+    absl::Mutex* mu_;
+    LayerView view_;
+  };
+  // Takes `layer`'s reader lock. NotFound (naming `id_field`) if the
+  // session is closed. REQUIRES: layer < shape().num_layers.
+  absl::StatusOr<LayerReader> ReadLock(uint32_t layer,
+                                       absl::string_view id_field) const;
+
+  // Runs `fn` on a view of `layer` while holding its reader lock. `fn` must
+  // not block or call back into the session. NotFound as ReadLock.
   absl::Status ReadLayer(uint32_t layer, absl::string_view id_field,
                          absl::FunctionRef<void(const LayerView&)> fn) const;
+
+  // OK if `view` (of `layer`) can be answered in WAVE mode: the layer has
+  // indexed at least one block, or has nothing to index yet (a short
+  // context: all steady). Otherwise Unavailable (the first build has not
+  // finished) or FailedPrecondition (the build failed), with a message
+  // naming "mode", the layer, the session and the index state.
+  absl::Status WaveReadiness(uint32_t layer, const LayerView& view) const;
 
   // A snapshot of the session's state. NotFound if closed.
   absl::StatusOr<SessionInfo> Info() const;
 
-  // Frees every chunk and marks the session closed, after which every call
-  // answers NotFound. Returns the bytes freed (0 if already closed). The
-  // caller returns them to the MemoryBudget.
+  // Frees every store and index and marks the session closed, after which
+  // every call answers NotFound. Returns the bytes freed (0 if already
+  // closed). The caller returns them to the MemoryBudget.
   uint64_t Close();
 
   // Records an access at `now_unix_ms` (never moves backwards).
@@ -101,29 +198,41 @@ class Session {
   uint64_t memory_bytes() const {
     return memory_bytes_.load(std::memory_order_acquire);
   }
-  uint64_t num_tokens() const;  // min over layers
+  uint64_t num_tokens() const;      // min over layers
+  uint64_t indexed_tokens() const;  // sum over layers
 
  private:
   struct Layer {
-    explicit Layer(size_t num_kv_heads, size_t row_bytes,
-                   ChunkGeometry geometry);
+    Layer(size_t num_kv_heads, size_t row_bytes, ChunkGeometry geometry);
 
     mutable absl::Mutex mu;
-    std::vector<SlotStore> heads ABSL_GUARDED_BY(mu);
+    std::vector<HeadStore> heads ABSL_GUARDED_BY(mu);
     uint64_t layout_epoch ABSL_GUARDED_BY(mu) = 1;
-    // Mirror of heads[*].num_slots(); written with mu held exclusively,
-    // readable without it for gauges.
+    TokenSpan indexed ABSL_GUARDED_BY(mu);
+    bool build_pending ABSL_GUARDED_BY(mu) = false;
+    absl::Status build_error ABSL_GUARDED_BY(mu);
+    // Mirrors of heads[*].tokens.num_slots() and indexed.num_tokens();
+    // written with mu held exclusively, readable without it for gauges.
     std::atomic<uint64_t> num_tokens{0};
+    std::atomic<uint64_t> indexed_tokens{0};
   };
 
   // Holds the writer locks of a set of layers, taken in ascending order.
   class LayerWriteLocks;
 
+  // Whether `layer` has a block to index and may start a build now.
+  bool NeedsBuild(const Layer& layer) const
+      ABSL_SHARED_LOCKS_REQUIRED(layer.mu);
+  // One block of BuildIndex: true if it was installed, false if the
+  // session was closed meanwhile.
+  absl::StatusOr<bool> BuildBlock(uint32_t layer_index, TokenSpan block,
+                                  MemoryBudget& budget);
   std::vector<uint64_t> LayerTokens() const;
 
   const std::string id_;
   const TenantId tenant_;
   const SessionOptions options_;
+  const WaveIndexParams params_;
   const uint64_t max_tokens_;
   const int64_t created_unix_ms_;
   std::vector<std::unique_ptr<Layer>> layers_;  // fixed after construction

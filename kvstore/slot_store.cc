@@ -51,6 +51,15 @@ uint32_t SlotStore::ChunkSlots(size_t chunk_index) const {
   return geometry_.max_chunk_slots;
 }
 
+uint64_t SlotStore::ChunkStart(size_t chunk_index) const {
+  if (chunk_index < ramp_chunks_) {
+    return uint64_t{geometry_.first_chunk_slots} *
+           ((uint64_t{1} << chunk_index) - 1);
+  }
+  return ramp_slots_ +
+         uint64_t{geometry_.max_chunk_slots} * (chunk_index - ramp_chunks_);
+}
+
 uint64_t SlotStore::ChunkBytes(uint32_t slots) const {
   // Key row + value row + 8-byte position per slot.
   return uint64_t{slots} * (2 * row_bytes_ + sizeof(uint64_t));
@@ -173,8 +182,8 @@ void SlotStore::Append(const uint8_t* keys, const uint8_t* values,
 
 void SlotStore::CopyOut(uint64_t first_slot, uint64_t n, uint8_t* keys,
                         uint8_t* values, uint64_t* positions) const {
-  ABSL_RAW_CHECK(first_slot + n <= num_slots_ && first_slot + n >= first_slot,
-                 "SlotStore::CopyOut beyond the stored slots");
+  ABSL_RAW_CHECK(Holds(first_slot, n),
+                 "SlotStore::CopyOut of slots not stored or dropped");
   uint64_t done = 0;
   while (done < n) {
     const Location loc = Locate(first_slot + done);
@@ -196,6 +205,36 @@ void SlotStore::CopyOut(uint64_t first_slot, uint64_t n, uint8_t* keys,
   }
 }
 
+uint64_t SlotStore::DropRange(uint64_t begin, uint64_t end) {
+  ABSL_RAW_CHECK(begin <= end && end <= num_slots_,
+                 "SlotStore::DropRange beyond the stored slots");
+  ABSL_RAW_CHECK(dropped_begin_ == dropped_end_ ||
+                     (begin == dropped_begin_ && end >= dropped_end_),
+                 "SlotStore::DropRange must extend the dropped range");
+  dropped_begin_ = begin;
+  dropped_end_ = end;
+  if (begin == end) return 0;
+  uint64_t freed = 0;
+  const size_t last = Locate(end - 1).chunk;
+  for (size_t k = Locate(begin).chunk; k <= last; ++k) {
+    Chunk& chunk = chunks_[k];
+    const uint64_t start = ChunkStart(k);
+    if (chunk.bytes == nullptr || start < begin || start + chunk.slots > end) {
+      continue;
+    }
+    chunk.bytes.reset();
+    freed += ChunkBytes(chunk.slots);
+  }
+  memory_bytes_ -= freed;
+  return freed;
+}
+
+bool SlotStore::Holds(uint64_t first, uint64_t n) const {
+  if (first > num_slots_ || n > num_slots_ - first) return false;
+  // Disjoint from [dropped_begin_, dropped_end_) (or n == 0).
+  return n == 0 || first + n <= dropped_begin_ || first >= dropped_end_;
+}
+
 uint64_t SlotStore::Clear() {
   const uint64_t freed = memory_bytes_;
   chunks_.clear();
@@ -203,6 +242,8 @@ uint64_t SlotStore::Clear() {
   num_slots_ = 0;
   capacity_slots_ = 0;
   memory_bytes_ = 0;
+  dropped_begin_ = 0;
+  dropped_end_ = 0;
   return freed;
 }
 

@@ -14,6 +14,10 @@
 // the chunk allocations, and GrowthBytes() tells in advance what growing will
 // allocate, so callers can reserve budget before they allocate.
 //
+// Once the wave index clusters a range of tokens, their slots are dropped
+// (DropRange) and the chunks entirely inside the range are freed; slot
+// addresses never change.
+//
 // Not thread-safe: the owning session's layer lock guards every call
 // (readers may share const calls).
 //
@@ -88,12 +92,29 @@ class SlotStore {
   void CopyOut(uint64_t first_slot, uint64_t n, uint8_t* keys, uint8_t* values,
                uint64_t* positions) const;
 
+  // Drops the slots [begin, end) (tokens that moved into the wave index's
+  // cluster store): every chunk lying entirely inside the range is freed;
+  // chunks the range only overlaps stay allocated for their other slots.
+  // Dropped slots keep their addresses but can no longer be read (Holds()
+  // is false for them). Returns the bytes freed.
+  // REQUIRES: begin <= end <= num_slots(); if slots were dropped before,
+  // begin equals that range's begin and end is at least its end (the
+  // dropped range only grows at its end).
+  uint64_t DropRange(uint64_t begin, uint64_t end);
+
+  // Whether slots [first, first + n) are all stored and none is dropped.
+  bool Holds(uint64_t first, uint64_t n) const;
+  // The dropped range [dropped_begin(), dropped_end()); empty if none.
+  uint64_t dropped_begin() const { return dropped_begin_; }
+  uint64_t dropped_end() const { return dropped_end_; }
+
   // Frees every chunk and empties the store; returns the bytes freed.
   uint64_t Clear();
 
  private:
   struct Chunk {
-    std::unique_ptr<uint8_t[]> bytes;  // [slots] K, [slots] V, [slots] pos
+    // [slots] K, [slots] V, [slots] pos; null once dropped (DropRange).
+    std::unique_ptr<uint8_t[]> bytes;
     uint32_t slots = 0;
   };
   struct Location {
@@ -102,6 +123,7 @@ class SlotStore {
   };
 
   uint32_t ChunkSlots(size_t chunk_index) const;
+  uint64_t ChunkStart(size_t chunk_index) const;
   uint64_t ChunkBytes(uint32_t slots) const;
   Location Locate(uint64_t slot) const;
   uint8_t* KeyRow(const Chunk& c, uint32_t offset) const;
@@ -116,6 +138,8 @@ class SlotStore {
   uint64_t num_slots_ = 0;
   uint64_t capacity_slots_ = 0;
   uint64_t memory_bytes_ = 0;
+  uint64_t dropped_begin_ = 0;
+  uint64_t dropped_end_ = 0;
 };
 
 }  // namespace wavekv

@@ -172,5 +172,39 @@ TEST(SlotStoreTest, DefaultGeometryLargeStore) {
   ExpectSlots(store, 2032 + 1023, 2);
 }
 
+TEST(SlotStoreTest, DropRangeFreesWholeChunksAndKeepsTheRest) {
+  // Chunks: [0,4) [4,12) [12,28) [28,44) [44,60) ...
+  SlotStore store(16, ChunkGeometry{4, 16});
+  AppendTokens(store, 0, 70, 1, 0);
+  const uint64_t full = store.memory_bytes();
+  const uint64_t per_slot = 2 * 16 + 8;
+  EXPECT_EQ(store.DropRange(2, 2), 0u);
+  // [2, 20): frees only [4, 12).
+  EXPECT_EQ(store.DropRange(2, 20), 8 * per_slot);
+  EXPECT_EQ(store.memory_bytes(), full - 8 * per_slot);
+  EXPECT_FALSE(store.Holds(1, 2));
+  EXPECT_FALSE(store.Holds(19, 1));
+  EXPECT_TRUE(store.Holds(0, 2));
+  EXPECT_TRUE(store.Holds(20, 50));
+  EXPECT_FALSE(store.Holds(20, 51));
+  ExpectSlots(store, 0, 2);
+  ExpectSlots(store, 20, 50);
+  // Growing the range frees [12, 28) and [28, 44); [44, 60) stays.
+  EXPECT_EQ(store.DropRange(2, 50), 32 * per_slot);
+  EXPECT_EQ(store.memory_bytes(), full - 40 * per_slot);
+  EXPECT_EQ(store.dropped_begin(), 2u);
+  EXPECT_EQ(store.dropped_end(), 50u);
+  ExpectSlots(store, 50, 20);
+  ExpectSlots(store, 0, 2);
+  // Appends go on at the end; accounting stays exact.
+  const uint64_t growth = store.GrowthBytes(100);
+  AppendTokens(store, 70, 30, 1, 0);
+  EXPECT_EQ(store.memory_bytes(), full - 40 * per_slot + growth);
+  ExpectSlots(store, 50, 50);
+  EXPECT_EQ(store.Clear(), full - 40 * per_slot + growth);
+  EXPECT_EQ(store.memory_bytes(), 0u);
+  EXPECT_FALSE(store.Holds(0, 1));
+}
+
 }  // namespace
 }  // namespace wavekv

@@ -212,6 +212,14 @@ absl::Status EngineOptions::Validate() const {
       !s.ok()) {
     return s;
   }
+  if (absl::Status s = CheckRange("index_threads", index_threads, 0, 64);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckRange("retrieve_threads", retrieve_threads, 0, 256);
+      !s.ok()) {
+    return s;
+  }
   return absl::OkStatus();
 }
 

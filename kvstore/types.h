@@ -31,12 +31,12 @@ struct ModelShape {
 
 // Wave-index parameters with DESIGN.md's defaults.
 struct IndexOptions {
-  uint32_t sink_tokens = 4;          // 0..4096
-  uint32_t recent_tokens = 64;       // 0..65536
-  uint32_t segment_tokens = 8192;    // 64..1048576
-  uint32_t cluster_size = 16;        // 1..4096, average tokens per cluster
-  uint32_t kmeans_iterations = 9;    // 1..100
-  uint32_t update_tokens = 1024;     // 16..1048576, multiple of cluster_size
+  uint32_t sink_tokens = 4;            // 0..4096
+  uint32_t recent_tokens = 64;         // 0..65536
+  uint32_t segment_tokens = 8192;      // 64..1048576
+  uint32_t cluster_size = 16;          // 1..4096, average tokens per cluster
+  uint32_t kmeans_iterations = 9;      // 1..100
+  uint32_t update_tokens = 1024;       // 16..1048576, multiple of cluster_size
   float retrieval_fraction = 0.018f;   // (0, 1]
   float estimation_fraction = 0.232f;  // [0, 1], sum with retrieval <= 1
 
@@ -81,7 +81,7 @@ struct SessionInfo {
   std::vector<uint64_t> layer_tokens;  // per layer
   uint64_t num_tokens = 0;             // min of layer_tokens
   uint64_t durable_tokens = 0;
-  uint64_t memory_bytes = 0;           // host bytes held (exact)
+  uint64_t memory_bytes = 0;  // host bytes held (exact)
   int64_t created_unix_ms = 0;
   int64_t last_access_unix_ms = 0;
   // Tokens of each layer covered by its wave index (the others are steady
@@ -192,9 +192,9 @@ struct HeadSlots {
 struct FetchRequest {
   std::string session_id;
   uint32_t layer = 0;
-  uint64_t layout_epoch = 0;      // 0 = do not check
+  uint64_t layout_epoch = 0;  // 0 = do not check
   std::vector<HeadSlots> heads;
-  uint32_t max_chunk_bytes = 0;   // 0 = 1 MiB; else 4 KiB..4 MiB
+  uint32_t max_chunk_bytes = 0;  // 0 = 1 MiB; else 4 KiB..4 MiB
 };
 
 struct SessionPage {

@@ -1,0 +1,216 @@
+// Session::BuildIndex: clusters a layer's waiting tokens into new wave-index
+// blocks and moves their K/V from the token-order stores into the cluster
+// stores (session.h describes the stores and the locking).
+//
+// One block, for every kv head of the layer:
+//  1. reserve the new cluster slots' bytes in the memory budget;
+//  2. per kv head: copy the block's K/V in token order into a new segment
+//     (short reader locks, a few thousand tokens at a time), cluster it with
+//     WaveIndex::PrepareBlock (no lock), and reorder the segment in place
+//     into the index's cluster-major order;
+//  3. under the layer's writer lock: check that nothing conflicting
+//     happened, reserve the index's growth, commit every head's block,
+//     install the segments and drop the tokens from the token-order stores,
+//     whose freed chunks go back to the budget.
+// While a block is built its tokens are held twice (token order and the new
+// segment); both are in the budget, so the transient never exceeds it.
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/internal/raw_logging.h"
+#include "absl/strings/str_cat.h"
+#include "index/dtype.h"
+#include "index/wave_index.h"
+#include "index/wave_index_params.h"
+#include "kvstore/cluster_store.h"
+#include "kvstore/session.h"
+
+namespace wavekv {
+namespace {
+
+// Tokens copied per reader-lock hold, so appends to the layer never wait
+// long behind a build.
+constexpr uint64_t kCopyTokens = 4096;
+
+absl::Status Annotate(const absl::Status& status, absl::string_view what) {
+  return absl::Status(status.code(),
+                      absl::StrCat(what, ": ", status.message()));
+}
+
+}  // namespace
+
+Session::BuildReport Session::BuildIndex(uint32_t layer_index,
+                                         MemoryBudget& budget) {
+  ABSL_RAW_CHECK(layer_index < layers_.size(), "BuildIndex: bad layer");
+  Layer& layer = *layers_[layer_index];
+  BuildReport report;
+  while (true) {
+    TokenSpan block;
+    {
+      absl::ReaderMutexLock lock(&layer.mu);
+      if (closed_.load(std::memory_order_acquire)) return report;
+      block = NextIndexBlock(params_,
+                             layer.num_tokens.load(std::memory_order_relaxed),
+                             layer.indexed.end);
+    }
+    absl::Status status;
+    if (!block.empty()) {
+      absl::StatusOr<bool> installed = BuildBlock(layer_index, block, budget);
+      if (installed.ok() && !*installed) return report;  // closed
+      if (installed.ok()) {
+        ++report.blocks;
+      } else {
+        status = installed.status();
+      }
+    }
+    absl::MutexLock lock(&layer.mu);
+    if (!status.ok()) {
+      layer.build_error = status;
+      layer.build_pending = false;
+      report.status = status;
+      return report;
+    }
+    // Caught up: clear the mark under the writer lock, so that an Append
+    // either sees it set (and this loop sees its tokens) or schedules anew.
+    if (NextIndexBlock(params_,
+                       layer.num_tokens.load(std::memory_order_relaxed),
+                       layer.indexed.end)
+            .empty()) {
+      layer.build_pending = false;
+      layer.build_error = absl::OkStatus();
+      return report;
+    }
+  }
+}
+
+absl::StatusOr<bool> Session::BuildBlock(uint32_t layer_index, TokenSpan block,
+                                         MemoryBudget& budget) {
+  Layer& layer = *layers_[layer_index];
+  const ModelShape& shape = options_.shape;
+  const size_t num_heads = shape.num_kv_heads;
+  const size_t d = shape.head_dim;
+  const size_t row_bytes = d * DTypeBytes(shape.dtype);
+  const uint64_t n = block.num_tokens();
+  const std::string what =
+      absl::StrCat("index build of layer ", layer_index, ", tokens [",
+                   block.begin, ", ", block.end, ")");
+
+  // 1. The new cluster slots of every head, reserved before allocating.
+  const uint64_t segment_bytes = ClusterStore::Segment::BytesFor(n, row_bytes);
+  if (absl::Status s = budget.TryReserve(num_heads * segment_bytes); !s.ok()) {
+    return Annotate(s, what);
+  }
+  BudgetReservation segments_reserved(budget, num_heads * segment_bytes);
+
+  // 2. Copy, cluster and reorder, head by head, without the writer lock.
+  std::vector<std::shared_ptr<WaveIndex>> indexes(num_heads);
+  std::vector<bool> fresh(num_heads, false);
+  {
+    absl::ReaderMutexLock lock(&layer.mu);
+    if (closed_.load(std::memory_order_acquire)) return false;
+    for (size_t h = 0; h < num_heads; ++h) indexes[h] = layer.heads[h].index;
+  }
+  std::vector<ClusterStore::Segment> segments;
+  std::vector<PreparedBlock> prepared;
+  segments.reserve(num_heads);
+  prepared.reserve(num_heads);
+  for (size_t h = 0; h < num_heads; ++h) {
+    if (indexes[h] == nullptr) {
+      indexes[h] = std::make_shared<WaveIndex>(d);
+      fresh[h] = true;
+    }
+    absl::StatusOr<ClusterStore::Segment> segment =
+        ClusterStore::Segment::Allocate(indexes[h]->num_slots(), n, row_bytes);
+    if (!segment.ok()) return Annotate(segment.status(), what);
+    for (uint64_t done = 0; done < n; done += kCopyTokens) {
+      const uint64_t m = std::min(kCopyTokens, n - done);
+      absl::ReaderMutexLock lock(&layer.mu);
+      if (closed_.load(std::memory_order_acquire)) return false;
+      layer.heads[h].tokens.CopyOut(
+          block.begin + done, m, segment->keys() + done * row_bytes,
+          segment->values() + done * row_bytes, nullptr);
+    }
+    const KvRows rows{shape.dtype,       d,        n, segment->keys(),
+                      segment->values(), row_bytes};
+    // The index is read without the layer lock: only this build changes
+    // it, and it does so under the writer lock below.
+    absl::StatusOr<PreparedBlock> block_clusters =
+        indexes[h]->PrepareBlock(params_, block.begin, rows, /*threads=*/1);
+    if (!block_clusters.ok()) {
+      return Annotate(block_clusters.status(),
+                      absl::StrCat(what, ", kv head ", h));
+    }
+    std::vector<uint64_t> source(n);
+    for (uint64_t i = 0; i < n; ++i) {
+      source[i] = block_clusters->slot_tokens[i] - block.begin;
+    }
+    segment->Permute(source);
+    std::copy(block_clusters->slot_tokens.begin(),
+              block_clusters->slot_tokens.end(), segment->positions());
+    segments.push_back(*std::move(segment));
+    prepared.push_back(*std::move(block_clusters));
+  }
+
+  // 3. Install, under the writer lock.
+  absl::MutexLock lock(&layer.mu);
+  if (closed_.load(std::memory_order_acquire)) return false;
+  const TokenSpan expected_before = layer.indexed;
+  if ((expected_before.empty() ? block.begin : expected_before.end) !=
+      block.begin) {
+    return absl::AbortedError(absl::StrCat(
+        what,
+        ": the layer's index changed during the build; retried at the "
+        "next append"));
+  }
+  uint64_t predicted = 0;
+  for (size_t h = 0; h < num_heads; ++h) {
+    const HeadStore& head = layer.heads[h];
+    const bool same_index =
+        fresh[h] ? head.index == nullptr : head.index == indexes[h];
+    if (!same_index || head.clusters.num_slots() != segments[h].first_slot() ||
+        !head.tokens.Holds(block.begin, n)) {
+      return absl::AbortedError(absl::StrCat(
+          what, ", kv head ", h,
+          ": the layer's stores changed during the build; retried at the "
+          "next append"));
+    }
+    predicted += (fresh[h] ? indexes[h]->memory_bytes() : 0) +
+                 indexes[h]->CommitGrowthBytes(prepared[h]);
+  }
+  if (absl::Status s = budget.TryReserve(predicted); !s.ok()) {
+    return Annotate(s, what);
+  }
+  const uint64_t begin =
+      expected_before.empty() ? block.begin : expected_before.begin;
+  uint64_t grown = 0;
+  uint64_t freed = 0;
+  for (size_t h = 0; h < num_heads; ++h) {
+    HeadStore& head = layer.heads[h];
+    WaveIndex& index = *indexes[h];
+    const uint64_t before = fresh[h] ? 0 : index.memory_bytes();
+    absl::StatusOr<BlockLayout> layout =
+        index.CommitBlock(std::move(prepared[h]));
+    // Cannot fail: the index is the one the block was prepared against.
+    ABSL_RAW_CHECK(layout.ok(), "BuildBlock: CommitBlock failed");
+    grown += index.memory_bytes() - before;
+    if (fresh[h]) head.index = indexes[h];
+    head.clusters.Install(std::move(segments[h]));
+    freed += head.tokens.DropRange(begin, block.end);
+  }
+  if (grown < predicted) budget.Release(predicted - grown);
+  if (grown > predicted) budget.ForceReserve(grown - predicted);
+  segments_reserved.Keep();
+  layer.indexed = TokenSpan{begin, block.end};
+  layer.indexed_tokens.store(layer.indexed.num_tokens(),
+                             std::memory_order_release);
+  memory_bytes_.fetch_add(num_heads * segment_bytes + grown,
+                          std::memory_order_acq_rel);
+  memory_bytes_.fetch_sub(freed, std::memory_order_acq_rel);
+  budget.Release(freed);
+  return true;
+}
+
+}  // namespace wavekv
