@@ -41,8 +41,8 @@ ABSL_FLAG(uint64_t, context_tokens, 32768, "demo: prefill tokens per layer");
 ABSL_FLAG(uint32_t, decode_steps, 16, "demo: decode steps after the prefill");
 ABSL_FLAG(uint64_t, seed, 1, "demo: seed of the synthetic K/V and queries");
 ABSL_FLAG(std::string, mode, "exact",
-          "demo: retrieval mode, exact or wave (wave falls back to exact "
-          "where the server cannot serve it)");
+          "demo: retrieval mode, exact, wave or both (wave falls back to "
+          "exact where the server cannot serve it; both compares them)");
 ABSL_FLAG(bool, include_kv, false,
           "demo: ask Retrieve for the K/V inline instead of FetchClusters");
 ABSL_FLAG(bool, keep_session, true,
@@ -72,7 +72,7 @@ flags:
   --fetch_chunk_bytes=N        FetchClusters chunk size (0 = server default)
 demo flags:
   --layers=4 --context_tokens=32768 --decode_steps=16 --seed=1
-  --mode=exact|wave --include_kv --keep_session=true|false
+  --mode=exact|wave|both --include_kv --keep_session=true|false
 )";
 
 // Bad usage: the message, then the full usage text (`full`) or a pointer
@@ -306,12 +306,14 @@ int Demo(WaveKvClient& client) {
   options.interactive = isatty(STDOUT_FILENO);
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode == "exact") {
-    options.mode = v1::RETRIEVE_MODE_EXACT;
+    options.modes = {v1::RETRIEVE_MODE_EXACT};
   } else if (mode == "wave") {
-    options.mode = v1::RETRIEVE_MODE_WAVE;
+    options.modes = {v1::RETRIEVE_MODE_WAVE};
+  } else if (mode == "both") {
+    options.modes = {v1::RETRIEVE_MODE_EXACT, v1::RETRIEVE_MODE_WAVE};
   } else {
-    return UsageError(
-        absl::StrCat("--mode: expected exact or wave, got \"", mode, "\""));
+    return UsageError(absl::StrCat(
+        "--mode: expected exact, wave or both, got \"", mode, "\""));
   }
   if (absl::Status s = options.Validate(); !s.ok()) {
     return UsageError(absl::StrCat("demo: ", s.message()));

@@ -34,6 +34,15 @@ v1::DType ToProto(DType dtype) {
   return v1::DTYPE_UNSPECIFIED;
 }
 
+// "exact", "wave", "exact+wave".
+std::string ModesName(const std::vector<v1::RetrieveMode>& modes) {
+  std::string out;
+  for (v1::RetrieveMode m : modes) {
+    absl::StrAppend(&out, out.empty() ? "" : "+", ModeName(m));
+  }
+  return out;
+}
+
 // "950", "12.3k", "4.56M".
 std::string FormatCount(double x) {
   if (x < 1e4) return absl::StrFormat("%.0f", x);
@@ -190,7 +199,12 @@ class Demo {
   absl::Status Prefill();
   absl::Status DecodeStep(uint32_t step);
   absl::StatusOr<DemoSample> RetrieveLayer(uint32_t step, uint32_t layer,
-                                           uint64_t num_tokens);
+                                           uint64_t num_tokens,
+                                           v1::RetrieveMode mode);
+  bool Runs(v1::RetrieveMode mode) const {
+    return std::find(options_.modes.begin(), options_.modes.end(), mode) !=
+           options_.modes.end();
+  }
   // Retrieve in `mode`; WAVE calls the server cannot serve are retried in
   // EXACT (the served mode is written back to `mode`); `took` is the time
   // of the call that answered, not of refused ones.
@@ -387,12 +401,14 @@ absl::Status Demo::WaitForIndex() {
 }
 
 absl::StatusOr<DemoSample> Demo::RetrieveLayer(uint32_t step, uint32_t layer,
-                                               uint64_t num_tokens) {
+                                               uint64_t num_tokens,
+                                               v1::RetrieveMode mode) {
   DemoSample sample;
   sample.step = step;
   sample.layer = layer;
   sample.num_tokens = num_tokens;
-  sample.mode = options_.mode;
+  sample.requested = mode;
+  sample.mode = mode;
   const std::vector<float> query = kv_.Query(layer, step);
 
   ASSIGN_OR_RETURN(
@@ -479,16 +495,18 @@ absl::Status Demo::DecodeStep(uint32_t step) {
   report_.decode_appends.push_back(absl::Now() - t);
 
   for (uint32_t layer = 0; layer < options_.num_layers; ++layer) {
-    ASSIGN_OR_RETURN(DemoSample s, RetrieveLayer(step, layer, position + 1));
-    const bool fallback = options_.mode == v1::RETRIEVE_MODE_WAVE &&
-                          s.mode == v1::RETRIEVE_MODE_EXACT;
-    out_ << absl::StrFormat(
-        "%5d %5d  %-6s %8d %9d %9s %9s %9s %9s %10s %9s\n", step, layer,
-        absl::StrCat(ModeName(s.mode), fallback ? "*" : ""), s.num_tokens,
-        s.retrieved_tokens, FormatLatency(s.retrieve), FormatLatency(s.fetch),
-        FormatLatency(s.attention), FormatLatency(s.total()),
-        FormatError(s.max_abs_error), FormatError(s.rel_error));
-    report_.samples.push_back(s);
+    for (v1::RetrieveMode mode : options_.modes) {
+      ASSIGN_OR_RETURN(DemoSample s,
+                       RetrieveLayer(step, layer, position + 1, mode));
+      const bool fallback = s.requested != s.mode;
+      out_ << absl::StrFormat(
+          "%5d %5d  %-6s %8d %9d %9s %9s %9s %9s %10s %9s\n", step, layer,
+          absl::StrCat(ModeName(s.mode), fallback ? "*" : ""), s.num_tokens,
+          s.retrieved_tokens, FormatLatency(s.retrieve), FormatLatency(s.fetch),
+          FormatLatency(s.attention), FormatLatency(s.total()),
+          FormatError(s.max_abs_error), FormatError(s.rel_error));
+      report_.samples.push_back(s);
+    }
   }
   return absl::OkStatus();
 }
@@ -540,13 +558,31 @@ void Demo::PrintSummary() {
   const bool wave_served = std::any_of(
       report_.samples.begin(), report_.samples.end(),
       [](const DemoSample& s) { return s.mode == v1::RETRIEVE_MODE_WAVE; });
-  if (options_.mode != v1::RETRIEVE_MODE_WAVE) {
-    out_ << "wave: not run (pass --mode=wave)\n";
+  if (!Runs(v1::RETRIEVE_MODE_WAVE)) {
+    out_ << "wave: not run (pass --mode=wave or --mode=both)\n";
   } else if (report_.wave_fallbacks > 0) {
-    out_ << "wave: " << report_.wave_fallbacks << " of "
-         << report_.samples.size()
+    const size_t wave_calls =
+        std::count_if(report_.samples.begin(), report_.samples.end(),
+                      [](const DemoSample& s) {
+                        return s.requested == v1::RETRIEVE_MODE_WAVE;
+                      });
+    out_ << "wave: " << report_.wave_fallbacks << " of " << wave_calls
          << " calls were answered in exact (see the note above)"
          << (wave_served ? "" : "; none in wave") << "\n";
+  }
+  // Side by side: both modes ran on the same steps and layers.
+  std::vector<absl::Duration> exact_totals, wave_totals;
+  for (const DemoSample& s : report_.samples) {
+    (s.mode == v1::RETRIEVE_MODE_WAVE ? wave_totals : exact_totals)
+        .push_back(s.total());
+  }
+  if (!exact_totals.empty() && !wave_totals.empty()) {
+    const absl::Duration e = Percentile(exact_totals, 0.5);
+    const absl::Duration w = Percentile(wave_totals, 0.5);
+    out_ << absl::StrFormat(
+        "wave vs exact, total p50 per layer: %s vs %s (%.1fx)\n",
+        FormatLatency(w), FormatLatency(e),
+        absl::ToDoubleSeconds(e) / std::max(absl::ToDoubleSeconds(w), 1e-9));
   }
   if (!report_.decode_appends.empty()) {
     out_ << absl::StrFormat(
@@ -563,7 +599,7 @@ absl::StatusOr<DemoReport> Demo::Run() {
       "context tokens, %d decode steps, mode %s, seed %d\n",
       options_.num_q_heads, options_.num_kv_heads, options_.head_dim,
       DTypeName(options_.dtype), options_.num_layers, options_.context_tokens,
-      options_.decode_steps, ModeName(options_.mode), options_.seed);
+      options_.decode_steps, ModesName(options_.modes), options_.seed);
   ASSIGN_OR_RETURN(ServingStatus serving, client_.Health());
   if (serving != ServingStatus::kServing) {
     return absl::UnavailableError(absl::StrCat("server ",
@@ -573,8 +609,7 @@ absl::StatusOr<DemoReport> Demo::Run() {
   RETURN_IF_ERROR(CreateSession());
   absl::Status status = [&]() -> absl::Status {
     RETURN_IF_ERROR(Prefill());
-    if (options_.mode == v1::RETRIEVE_MODE_WAVE)
-      RETURN_IF_ERROR(WaitForIndex());
+    if (Runs(v1::RETRIEVE_MODE_WAVE)) RETURN_IF_ERROR(WaitForIndex());
     out_ << "decode: per step one Append of every layer, then per layer "
             "Retrieve -> fetch -> attention, checked against full attention\n";
     out_ << absl::StrFormat("%5s %5s  %-6s %8s %9s %9s %9s %9s %9s %10s %9s\n",
@@ -612,8 +647,19 @@ absl::Status DemoOptions::Validate() const {
   if (context_tokens == 0) {
     return absl::InvalidArgumentError("context_tokens: must be >= 1");
   }
-  if (mode != v1::RETRIEVE_MODE_EXACT && mode != v1::RETRIEVE_MODE_WAVE) {
-    return absl::InvalidArgumentError("mode: must be exact or wave");
+  if (modes.empty()) {
+    return absl::InvalidArgumentError("modes: must name at least one mode");
+  }
+  for (size_t i = 0; i < modes.size(); ++i) {
+    if (modes[i] != v1::RETRIEVE_MODE_EXACT &&
+        modes[i] != v1::RETRIEVE_MODE_WAVE) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("modes[", i, "]: must be EXACT or WAVE"));
+    }
+    if (std::count(modes.begin(), modes.end(), modes[i]) > 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("modes[", i, "]: listed twice"));
+    }
   }
   if (!(exact_tolerance > 0)) {
     return absl::InvalidArgumentError("exact_tolerance: must be > 0");

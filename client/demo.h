@@ -32,10 +32,12 @@ struct DemoOptions {
   uint64_t context_tokens = 32768;  // prefill length, >= 1
   uint32_t decode_steps = 16;       // >= 0
   uint64_t seed = 1;
-  // EXACT, or WAVE. In WAVE the demo first waits (up to index_wait) for
-  // the server's background index build; layers still without an index, or
-  // a server that cannot serve WAVE, are answered in EXACT and reported so.
-  v1::RetrieveMode mode = v1::RETRIEVE_MODE_EXACT;
+  // Retrieval modes to run for every (step, layer), in this order: EXACT,
+  // WAVE or both (to compare them side by side). With WAVE the demo first
+  // waits (up to index_wait) for the server's background index build;
+  // layers still without an index, or a server that cannot serve WAVE, are
+  // answered in EXACT and reported so.
+  std::vector<v1::RetrieveMode> modes = {v1::RETRIEVE_MODE_EXACT};
   absl::Duration index_wait = absl::Seconds(120);
   // Ask Retrieve for the K/V inline; above the server's inline limit the
   // demo says so and uses FetchClusters instead.
@@ -62,6 +64,7 @@ struct DemoOptions {
 struct DemoSample {
   uint32_t step = 0;
   uint32_t layer = 0;
+  v1::RetrieveMode requested = v1::RETRIEVE_MODE_EXACT;
   v1::RetrieveMode mode = v1::RETRIEVE_MODE_EXACT;  // as served
   uint64_t num_tokens = 0;        // tokens of the layer at this step
   uint64_t retrieved_tokens = 0;  // per kv head: retrieval slots + steady

@@ -147,9 +147,13 @@ std::vector<float> SyntheticKv::Query(uint32_t layer, uint64_t step) const {
   const uint32_t g = options_.num_q_heads / options_.num_kv_heads;
   std::vector<float> q(size_t{options_.num_q_heads} * d);
   SplitMix64 rng(StreamSeed(options_.seed, kQueryStream, layer, step));
+  const float* centre = nullptr;
   for (uint32_t i = 0; i < options_.num_q_heads; ++i) {
-    const float* centre =
-        Centre(layer, i / g, rng.Below(options_.clusters_per_head));
+    // The q heads of a GQA group look for the same topic (as the heads of
+    // one group of a real model correlate), each with its own noise.
+    if (i % g == 0) {
+      centre = Centre(layer, i / g, rng.Below(options_.clusters_per_head));
+    }
     for (uint32_t j = 0; j < d; ++j) {
       q[size_t{i} * d + j] =
           options_.query_gain * centre[j] + options_.query_noise * rng.Normal();

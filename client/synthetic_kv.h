@@ -4,9 +4,10 @@
 // Keys of each (layer, kv head) are drawn around `clusters_per_head` random
 // centres (topics), plus a per-head mean offset and a few outlier channels
 // with a large constant magnitude (as post-RoPE keys of real models have:
-// why the wave index mean-centres keys). Values are standard normal. A
-// query of q head i aims at one centre of its kv head, so its softmax mass
-// sits on that cluster's tokens, like a retrieval head.
+// why the wave index mean-centres keys). Values are standard normal. The q
+// heads of one GQA group aim at one centre of their kv head (each with its
+// own noise, as the heads of a group correlate in real models), so their
+// softmax mass sits on that topic's tokens, like a retrieval head.
 //
 // Every token is a pure function of (seed, layer, position): any range can
 // be generated in any order, on any thread, and a decode token equals what

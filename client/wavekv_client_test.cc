@@ -475,13 +475,15 @@ TEST(WaveKvDemoTest, SmallDemoRunsEndToEndAndChecksEveryAnswer) {
   demo.head_dim = 64;
   demo.keep_session = false;
   demo.index_wait = absl::Seconds(20);
-  for (v1::RetrieveMode mode :
-       {v1::RETRIEVE_MODE_EXACT, v1::RETRIEVE_MODE_WAVE}) {
-    demo.mode = mode;
+  using Modes = std::vector<v1::RetrieveMode>;
+  for (const Modes& modes :
+       {Modes{v1::RETRIEVE_MODE_EXACT}, Modes{v1::RETRIEVE_MODE_WAVE},
+        Modes{v1::RETRIEVE_MODE_EXACT, v1::RETRIEVE_MODE_WAVE}}) {
+    demo.modes = modes;
     std::ostringstream out;
     absl::StatusOr<DemoReport> report = RunDemo(*client, demo, out);
     ASSERT_TRUE(report.ok()) << report.status() << "\n" << out.str();
-    ASSERT_EQ(report->samples.size(), 6u);
+    ASSERT_EQ(report->samples.size(), 6u * modes.size());
     for (const DemoSample& s : report->samples) {
       EXPECT_EQ(s.num_tokens, 600u + s.step + 1);
       if (s.mode == v1::RETRIEVE_MODE_EXACT) {
