@@ -842,7 +842,11 @@ TEST(ServerLifecycleTest, SigtermDrainsAnInFlightFetchAndExitsZero) {
   // buffers, so the stream cannot finish while the client does not read.
   const v1::ModelShape shape = MakeShape(1, 4, 4, 128, v1::DTYPE_FP32);
   KvPattern pattern(51, shape);
-  auto created = CallCreateSession(*stub, kNoToken, SessionRequest(shape));
+  // A recent window longer than the session keeps every token steady: no
+  // background index build moves slots while the stream is paused.
+  v1::CreateSessionRequest create = SessionRequest(shape);
+  create.mutable_index_options()->set_recent_tokens(65536);
+  auto created = CallCreateSession(*stub, kNoToken, create);
   ASSERT_TRUE(created.ok()) << StatusText(created.status);
   const std::string id = created.response.session().session_id();
   const uint64_t n = 6144;
