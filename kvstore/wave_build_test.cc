@@ -1,0 +1,218 @@
+// Index builds through the Engine: background builds reach READY and give
+// the same answers as synchronous ones; decode updates add a block of new
+// clusters every update_tokens tokens, never moving existing ones.
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "kvstore/engine.h"
+#include "kvstore/types.h"
+#include "kvstore/wave_test_kv.h"
+
+namespace wavekv {
+namespace {
+
+constexpr char kTenant[] = "t";
+
+std::unique_ptr<Engine> OpenEngine(uint32_t index_threads) {
+  EngineOptions o;
+  o.memory_budget_bytes = 1ull << 30;
+  o.index_threads = index_threads;
+  o.retrieve_threads = 2;
+  o.max_inline_kv_bytes = 256ull << 20;
+  auto engine = Engine::Open(o);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return *std::move(engine);
+}
+
+std::string Create(Engine& engine, const ModelShape& shape,
+                   const IndexOptions& index = {}) {
+  SessionOptions o;
+  o.shape = shape;
+  o.index = index;
+  auto info = engine.CreateSession(kTenant, o);
+  EXPECT_TRUE(info.ok()) << info.status();
+  return info->session_id;
+}
+
+SessionResult Wave(Engine& engine, const std::string& id, uint32_t layer,
+                   const std::vector<float>& q, bool include_kv = false) {
+  RetrieveOptions o;
+  o.layer = layer;
+  o.mode = RetrieveMode::kWave;
+  o.include_kv = include_kv;
+  auto r = engine.Retrieve(kTenant, o, {RetrieveQuery{id, q}});
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? std::move((*r)[0]) : SessionResult{};
+}
+
+void ExpectSameAnswer(const SessionResult& a, const SessionResult& b) {
+  EXPECT_EQ(a.mode, b.mode);
+  EXPECT_EQ(a.num_tokens, b.num_tokens);
+  EXPECT_EQ(a.indexed_tokens, b.indexed_tokens);
+  ASSERT_EQ(a.steady.size(), b.steady.size());
+  for (size_t i = 0; i < a.steady.size(); ++i) {
+    EXPECT_EQ(a.steady[i].begin, b.steady[i].begin);
+    EXPECT_EQ(a.steady[i].end, b.steady[i].end);
+  }
+  ASSERT_EQ(a.heads.size(), b.heads.size());
+  for (size_t h = 0; h < a.heads.size(); ++h) {
+    const KvHeadResult& x = a.heads[h];
+    const KvHeadResult& y = b.heads[h];
+    ASSERT_EQ(x.retrieval.size(), y.retrieval.size()) << "head " << h;
+    for (size_t i = 0; i < x.retrieval.size(); ++i) {
+      EXPECT_EQ(x.retrieval[i].cluster_id, y.retrieval[i].cluster_id);
+      EXPECT_EQ(x.retrieval[i].first_slot, y.retrieval[i].first_slot);
+      EXPECT_EQ(x.retrieval[i].num_slots, y.retrieval[i].num_slots);
+    }
+    ASSERT_EQ(x.tail.size(), y.tail.size());
+    for (size_t i = 0; i < x.tail.size(); ++i) {
+      EXPECT_EQ(x.tail[i].max_logit, y.tail[i].max_logit);
+      EXPECT_EQ(x.tail[i].denominator, y.tail[i].denominator);
+      EXPECT_EQ(x.tail[i].numerator, y.tail[i].numerator);
+    }
+    EXPECT_EQ(x.keys, y.keys);
+    EXPECT_EQ(x.values, y.values);
+  }
+}
+
+// (d) With two build threads the index of every layer is built in the
+// background: the session goes BUILDING -> READY within a bounded wait, and
+// then answers exactly as an engine that builds synchronously.
+TEST(WaveBuildTest, BackgroundBuildsMatchSynchronousBuilds) {
+  const ModelShape shape{4, 8, 2, 64, DType::kFp16};
+  const uint64_t n = 3000;
+  const TestKv kv(shape, n, 11);
+  auto sync_engine = OpenEngine(0);
+  auto bg_engine = OpenEngine(2);
+  const std::string sync_id = Create(*sync_engine, shape);
+  const std::string bg_id = Create(*bg_engine, shape);
+  ASSERT_TRUE(kv.Append(*sync_engine, kTenant, sync_id, 0, n).ok());
+  ASSERT_TRUE(kv.Append(*bg_engine, kTenant, bg_id, 0, n).ok());
+  // The synchronous engine returned from Append with every layer indexed.
+  auto sync_info = sync_engine->GetSession(kTenant, sync_id);
+  EXPECT_EQ(sync_info->index_state, IndexState::kReady);
+  EXPECT_EQ(sync_info->layer_indexed_tokens,
+            std::vector<uint64_t>(4, n - 4 - 64));
+
+  // Progress is visible while the background builds run.
+  auto bg_info = bg_engine->GetSession(kTenant, bg_id);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (bg_info->index_state == IndexState::kBuilding &&
+         absl::Now() < deadline) {
+    for (uint64_t t : bg_info->layer_indexed_tokens) {
+      EXPECT_TRUE(t == 0 || t == n - 4 - 64) << t;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+    bg_info = bg_engine->GetSession(kTenant, bg_id);
+  }
+  ASSERT_EQ(bg_info->index_state, IndexState::kReady);
+  EXPECT_EQ(bg_info->layer_indexed_tokens, sync_info->layer_indexed_tokens);
+  EXPECT_EQ(bg_info->memory_bytes, sync_info->memory_bytes);
+
+  for (uint32_t layer = 0; layer < shape.num_layers; ++layer) {
+    const std::vector<float> q = kv.Query(layer, 100 + layer, 1.5f);
+    const SessionResult a = Wave(*sync_engine, sync_id, layer, q, true);
+    const SessionResult b = Wave(*bg_engine, bg_id, layer, q, true);
+    ExpectSameAnswer(a, b);
+    // The answer is consistent (fetched bytes, no token twice) and its
+    // tail estimate helps.
+    auto out = ClientOutput(*bg_engine, kTenant, layer, kv, b, q);
+    auto no_tail = ClientOutput(*bg_engine, kTenant, layer, kv, b, q, false);
+    ASSERT_TRUE(out.ok()) << out.status();
+    ASSERT_TRUE(no_tail.ok()) << no_tail.status();
+    const std::vector<float> full = FullAttentionOutput(kv, layer, n, q);
+    EXPECT_LT(RelativeL2(*out, full), RelativeL2(*no_tail, full));
+  }
+  for (Engine* engine : {sync_engine.get(), bg_engine.get()}) {
+    const EngineStats stats = engine->Stats();
+    EXPECT_EQ(stats.index_builds, 4u);
+    EXPECT_EQ(stats.index_build_failures, 0u);
+    EXPECT_EQ(stats.index_pending_layers, 0u);
+    EXPECT_GT(stats.index_build_seconds_total, 0.0);
+    EXPECT_EQ(stats.indexed_tokens, 4 * (n - 4 - 64));
+  }
+}
+
+// (e) Decode: one token per step. Every update_tokens tokens beyond the
+// recent window become one new block of update_tokens / cluster_size
+// clusters, appended after the existing ones, which keep their slots.
+TEST(WaveBuildTest, DecodeUpdatesAddClustersEveryUpdateTokens) {
+  const ModelShape shape{1, 4, 2, 32, DType::kFp32};
+  IndexOptions index;
+  index.sink_tokens = 4;
+  index.recent_tokens = 32;
+  index.update_tokens = 64;
+  index.cluster_size = 16;
+  index.segment_tokens = 256;
+  index.retrieval_fraction = 1.0f;  // every cluster: checks the layout
+  index.estimation_fraction = 0.0f;
+  const uint64_t prefill = 300, total = 700;
+  const TestKv kv(shape, total, 21);
+  auto engine = OpenEngine(0);
+  const std::string id = Create(*engine, shape, index);
+  ASSERT_TRUE(kv.Append(*engine, kTenant, id, 0, prefill).ok());
+
+  // The model: the prefill block is [4, 268) in round(264 / 16) = 17
+  // clusters; then whenever 64 tokens wait beyond the window, a block of
+  // exactly 64 tokens and 4 clusters.
+  uint64_t indexed_end = prefill - 32;
+  uint64_t clusters = 17;
+  uint64_t blocks = 1;
+  // cluster id -> (first_slot, num_slots) as first seen.
+  std::map<uint32_t, std::pair<uint64_t, uint32_t>> layout;
+  for (uint64_t n = prefill; n <= total; ++n) {
+    if (n > prefill) {
+      ASSERT_TRUE(kv.Append(*engine, kTenant, id, n - 1, n).ok());
+    }
+    if (n - 32 - indexed_end >= 64) {
+      EXPECT_EQ(n - 32 - indexed_end, 64u) << "one token at a time";
+      indexed_end = n - 32;
+      clusters += 4;
+      ++blocks;
+    }
+    auto info = engine->GetSession(kTenant, id);
+    ASSERT_EQ(info->layer_indexed_tokens[0], indexed_end - 4) << "n=" << n;
+    if (n % 8 != 0 && n != total) continue;
+    const std::vector<float> q = kv.Query(0, n);
+    const SessionResult r = Wave(*engine, id, 0, q);
+    ASSERT_EQ(r.steady.size(), 2u);
+    EXPECT_EQ(r.steady[0].end, 4u);
+    EXPECT_EQ(r.steady[1].begin, indexed_end);
+    EXPECT_EQ(r.steady[1].end, n);
+    EXPECT_EQ(r.indexed_tokens, indexed_end - 4);
+    for (const KvHeadResult& head : r.heads) {
+      uint64_t slots = 0;
+      uint32_t max_id = 0;
+      for (const SlotRange& range : head.retrieval) {
+        slots += range.num_slots;
+        max_id = std::max(max_id, range.cluster_id);
+        if (head.kv_head != 0) continue;
+        auto [it, fresh] =
+            layout.emplace(range.cluster_id,
+                           std::make_pair(range.first_slot, range.num_slots));
+        EXPECT_EQ(it->second, std::make_pair(range.first_slot, range.num_slots))
+            << "cluster " << range.cluster_id << " moved";
+      }
+      EXPECT_EQ(slots, indexed_end - 4) << "every indexed token once";
+      EXPECT_LT(max_id, clusters);
+    }
+    auto out = ClientOutput(*engine, kTenant, 0, kv, r, q);
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_LT(RelativeL2(*out, FullAttentionOutput(kv, 0, n, q)), 2e-6);
+  }
+  EXPECT_EQ(blocks, 7u);  // prefill + 6 updates of 64 tokens in 400 steps
+  EXPECT_EQ(engine->Stats().index_builds, blocks);
+  // The newest block's clusters have the highest ids: [clusters - 4, ...).
+  EXPECT_GE(layout.rbegin()->first, clusters - 4);
+}
+
+}  // namespace
+}  // namespace wavekv
