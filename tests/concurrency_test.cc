@@ -523,6 +523,7 @@ TEST_F(ConcurrencyTest, RacingAppendsOfTheSameStepApplyItOnce) {
 
   std::atomic<int64_t> applied{0};
   std::atomic<int64_t> refused{0};
+  std::atomic<int64_t> uneven_reads{0};
   std::vector<std::thread> racers;
   for (int r = 0; r < kRacers; ++r) {
     racers.emplace_back([&, r] {
@@ -534,13 +535,16 @@ TEST_F(ConcurrencyTest, RacingAppendsOfTheSameStepApplyItOnce) {
           failures_.Add("GetSession: " + StatusText(info.status));
           return;
         }
+        // GetSession reads the layers one by one, so it may catch another
+        // racer's Append between two layers; that must pass (a real
+        // half-applied Append shows up in the final per-layer checks).
+        bool even = true;
         for (uint64_t n : info.response.layer_tokens()) {
-          if (n != info.response.num_tokens()) {
-            failures_.Add(
-                "layers of different lengths: an Append was "
-                "half-applied");
-            return;
-          }
+          even = even && n == info.response.num_tokens();
+        }
+        if (!even) {
+          uneven_reads++;
+          continue;
         }
         uint64_t step = info.response.num_tokens();
         if (step >= kSteps) return;
@@ -567,6 +571,10 @@ TEST_F(ConcurrencyTest, RacingAppendsOfTheSameStepApplyItOnce) {
   EXPECT_EQ(failures_.count(), 0) << failures_.Report();
   EXPECT_EQ(applied.load(), static_cast<int64_t>(kSteps));
   EXPECT_GT(refused.load(), 0) << "the racers never collided";
+  std::printf("applied %lld, refused %lld, uneven GetSession reads %lld\n",
+              static_cast<long long>(applied.load()),
+              static_cast<long long>(refused.load()),
+              static_cast<long long>(uneven_reads.load()));
   for (uint32_t layer = 0; layer < shape.num_layers(); ++layer) {
     v1::RetrieveRequest request;
     request.set_layer(layer);
