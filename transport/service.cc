@@ -50,8 +50,32 @@ WaveKvService::WaveKvService(Engine& engine, const Authenticator& auth,
       limits_(limits),
       log_(log) {}
 
-absl::StatusOr<std::string> WaveKvService::Authenticate(
+void WaveKvService::StartDraining() { draining_.store(true); }
+
+void WaveKvService::CancelStreams() {
+  absl::MutexLock lock(&streams_mu_);
+  for (grpc::ServerContext* ctx : streams_) ctx->TryCancel();
+}
+
+WaveKvService::RegisteredStream::RegisteredStream(WaveKvService& service,
+                                                  grpc::ServerContext* ctx)
+    : service_(service), ctx_(ctx) {
+  absl::MutexLock lock(&service_.streams_mu_);
+  service_.streams_.insert(ctx_);
+}
+
+WaveKvService::RegisteredStream::~RegisteredStream() {
+  absl::MutexLock lock(&service_.streams_mu_);
+  service_.streams_.erase(ctx_);
+}
+
+absl::StatusOr<std::string> WaveKvService::Admit(
     grpc::ServerContext* ctx) const {
+  // The caller is already counted in in_flight_ (seq_cst), so a drainer
+  // that sets draining_ and then sees in_flight_ == 0 has no call to miss.
+  if (draining_.load()) {
+    return absl::UnavailableError("server: shutting down; retry elsewhere");
+  }
   std::optional<absl::string_view> authorization;
   const auto& metadata = ctx->client_metadata();
   if (const auto it = metadata.find("authorization"); it != metadata.end()) {
@@ -85,7 +109,7 @@ grpc::Status WaveKvService::RunUnary(RpcMethod method, grpc::ServerContext* ctx,
   const uint64_t received = request.ByteSizeLong();
   absl::Status status;
   uint64_t sent = 0;
-  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  absl::StatusOr<std::string> tenant = Admit(ctx);
   if (!tenant.ok()) {
     status = tenant.status();
   } else {
@@ -164,7 +188,7 @@ grpc::Status WaveKvService::FetchClusters(
   const absl::Time start = absl::Now();
   const uint64_t received = request->ByteSizeLong();
   uint64_t sent = 0;
-  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  absl::StatusOr<std::string> tenant = Admit(ctx);
   if (!tenant.ok()) {
     return Finish(RpcMethod::kFetchClusters, start, tenant.status(), received,
                   0);
@@ -185,6 +209,7 @@ grpc::Status WaveKvService::FetchClusters(
         received, 0);
   }
   const FetchRequest fetch = FetchRequestFromProto(*request);
+  RegisteredStream registered(*this, ctx);
   bool write_failed = false;
   uint64_t oversized = 0;
   // The engine holds no session lock while the sink runs (engine.h).

@@ -22,7 +22,10 @@
 #include <atomic>
 #include <cstdint>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "kvstore/engine.h"
 #include "proto/wavekv/v1/wavekv.grpc.pb.h"
@@ -78,6 +81,18 @@ class WaveKvService final : public v1::WaveKv::Service {
                             const v1::CloseSessionRequest* request,
                             v1::CloseSessionResponse* response) override;
 
+  // From now on new wavekv RPCs fail with UNAVAILABLE "server: shutting
+  // down" while running ones continue (health and reflection stay open).
+  // Used by the drain before gRPC's Shutdown, which would otherwise wait
+  // for idle client connections to close.
+  void StartDraining();
+  bool draining() const { return draining_.load(); }
+
+  // Cancels every running FetchClusters stream (ServerContext::TryCancel),
+  // so a handler blocked on a stalled client's flow control returns. Used
+  // at the end of the drain, before gRPC's Shutdown.
+  void CancelStreams();
+
   // RPCs running now, and finished since start (any status).
   int64_t in_flight() const { return in_flight_.load(); }
   uint64_t finished() const { return finished_.load(); }
@@ -90,7 +105,20 @@ class WaveKvService final : public v1::WaveKv::Service {
                         const google::protobuf::Message& request,
                         const google::protobuf::Message& response, Body&& body);
 
-  absl::StatusOr<std::string> Authenticate(grpc::ServerContext* ctx) const;
+  // UNAVAILABLE while draining; otherwise the caller's tenant (or
+  // UNAUTHENTICATED).
+  absl::StatusOr<std::string> Admit(grpc::ServerContext* ctx) const;
+
+  // Lists a streaming handler's context in streams_ for its lifetime.
+  class RegisteredStream {
+   public:
+    RegisteredStream(WaveKvService& service, grpc::ServerContext* ctx);
+    ~RegisteredStream();
+
+   private:
+    WaveKvService& service_;
+    grpc::ServerContext* const ctx_;
+  };
   // Records metrics, logs server-side failures, returns the wire status.
   grpc::Status Finish(RpcMethod method, absl::Time start,
                       const absl::Status& status, uint64_t received_bytes,
@@ -103,6 +131,13 @@ class WaveKvService final : public v1::WaveKv::Service {
   Logger* const log_;
   std::atomic<int64_t> in_flight_{0};
   std::atomic<uint64_t> finished_{0};
+  std::atomic<bool> draining_{false};
+
+  // Contexts of running FetchClusters handlers; an entry stays valid until
+  // its handler removes it (under streams_mu_).
+  absl::Mutex streams_mu_;
+  absl::flat_hash_set<grpc::ServerContext*> streams_
+      ABSL_GUARDED_BY(streams_mu_);
 };
 
 // Enables gRPC's default health service and server reflection for every

@@ -11,8 +11,8 @@
 
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
-#include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
+#include "transport/health_probe.h"
 #include "transport/metrics.h"
 
 namespace wavekv {
@@ -50,34 +50,12 @@ std::string HeadBytes(const std::string& kv, uint32_t h, uint64_t first,
   return out;
 }
 
-int HealthStatus(grpc::Channel& channel, const std::string& service) {
-  // HealthCheckRequest{service} by hand: field 1, length-delimited.
-  std::string req = "\x0a";
-  req.push_back(static_cast<char>(service.size()));
-  req += service;
-  grpc::Slice slice(req);
-  grpc::ByteBuffer request(&slice, 1);
-  grpc::GenericStub stub(channel.shared_from_this());
-  grpc::ClientContext ctx;
-  grpc::CompletionQueue cq;
-  auto call =
-      stub.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", request, &cq);
-  call->StartCall();
-  grpc::ByteBuffer response;
-  grpc::Status status;
-  call->Finish(&response, &status, reinterpret_cast<void*>(1));
-  void* tag;
-  bool ok;
-  cq.Next(&tag, &ok);
-  if (!status.ok()) return -static_cast<int>(status.error_code());
-  std::vector<grpc::Slice> slices;
-  response.Dump(&slices);
-  std::string bytes;
-  for (const grpc::Slice& s : slices) {
-    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  // HealthCheckResponse{status}: field 1 varint; absent = UNKNOWN (0).
-  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+// Health of `service` as its enum value, or minus the gRPC code on error.
+int Health(const std::shared_ptr<grpc::Channel>& channel,
+           const std::string& service) {
+  absl::StatusOr<HealthStatus> status = CheckHealth(channel, service);
+  if (!status.ok()) return -static_cast<int>(status.status().code());
+  return static_cast<int>(*status);
 }
 
 class ServiceTest : public ::testing::Test {
@@ -112,7 +90,14 @@ class ServiceTest : public ::testing::Test {
   }
 
   void TearDown() override {
-    if (server_ != nullptr) server_->Shutdown();
+    stub_.reset();
+    channel_.reset();
+    // A short deadline, then cancel: a graceful Shutdown would wait for the
+    // client side to notice the GOAWAY.
+    if (server_ != nullptr) {
+      server_->Shutdown(std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(50));
+    }
   }
 
   std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token = "") {
@@ -129,6 +114,9 @@ class ServiceTest : public ::testing::Test {
     req.mutable_shape()->set_head_dim(kHeadDim);
     req.mutable_shape()->set_dtype(v1::DTYPE_FP32);
     req.set_label("svc-test");
+    // Every token stays in the steady zone: no background clustering moves
+    // slots under the fetches below.
+    req.mutable_index_options()->set_recent_tokens(65536);
     v1::CreateSessionResponse resp;
     const grpc::Status s = stub_->CreateSession(Ctx(token).get(), req, &resp);
     EXPECT_TRUE(s.ok()) << s.error_message();
@@ -346,8 +334,8 @@ TEST_F(ServiceTest, AuthenticationDerivesTheTenant) {
           .ok());
 
   // Health stays open without credentials.
-  EXPECT_EQ(HealthStatus(*channel_, ""), 1);
-  EXPECT_EQ(HealthStatus(*channel_, "wavekv.v1.WaveKv"), 1);
+  EXPECT_EQ(Health(channel_, ""), 1);
+  EXPECT_EQ(Health(channel_, "wavekv.v1.WaveKv"), 1);
 
   const std::vector<std::string> lines = absl::StrSplit(Metrics(), '\n');
   EXPECT_THAT(lines,
@@ -450,7 +438,7 @@ TEST_F(ServiceTest, CancelledFetchStopsStreaming) {
   auto ctx = Ctx();
   auto reader = stub_->FetchClusters(ctx.get(), fetch);
   v1::ClusterChunk chunk;
-  ASSERT_TRUE(reader->Read(&chunk));
+  ASSERT_TRUE(reader->Read(&chunk)) << reader->Finish().error_message();
   ctx->TryCancel();
   int more = 0;
   while (reader->Read(&chunk)) ++more;
@@ -465,13 +453,59 @@ TEST_F(ServiceTest, CancelledFetchStopsStreaming) {
 
 TEST_F(ServiceTest, HealthReportsNotServingWhenToldSo) {
   Start(Authenticator::Disabled());
-  EXPECT_EQ(HealthStatus(*channel_, "wavekv.v1.WaveKv"), 1);
+  EXPECT_EQ(Health(channel_, "wavekv.v1.WaveKv"), 1);
   SetServing(*server_, false);
-  EXPECT_EQ(HealthStatus(*channel_, ""), 2);
-  EXPECT_EQ(HealthStatus(*channel_, "wavekv.v1.WaveKv"), 2);
+  EXPECT_EQ(Health(channel_, ""), 2);
+  EXPECT_EQ(Health(channel_, "wavekv.v1.WaveKv"), 2);
   // Unknown services are NOT_FOUND (negative code here).
-  EXPECT_EQ(HealthStatus(*channel_, "nope"),
+  EXPECT_EQ(Health(channel_, "nope"),
             -static_cast<int>(grpc::StatusCode::NOT_FOUND));
+}
+
+TEST_F(ServiceTest, DrainingRefusesNewCallsAndCancelsStalledStreams) {
+  Start(Authenticator::Disabled());
+  const std::string id = CreateSession();
+  v1::AppendResponse appended;
+  for (uint32_t i = 0; i < 4; ++i) {  // 4 x 3.75 MiB appends
+    ASSERT_TRUE(Append(id, 0, i * 15000, 15000, &appended).ok());
+  }
+  v1::FetchClustersRequest fetch;
+  fetch.set_session_id(id);
+  for (uint32_t h = 0; h < kKvHeads; ++h) {
+    v1::HeadSlots* hs = fetch.add_heads();
+    hs->set_kv_head(h);
+    hs->add_ranges()->set_num_slots(60000);
+  }
+  auto ctx = Ctx();
+  auto reader = stub_->FetchClusters(ctx.get(), fetch);
+  v1::ClusterChunk chunk;
+  // Then stop reading: 15 MiB do not fit the flow-control windows, so the
+  // handler blocks in Write.
+  ASSERT_TRUE(reader->Read(&chunk)) << reader->Finish().error_message();
+  for (int i = 0; i < 400 && service_->in_flight() != 1; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(service_->in_flight(), 1);
+
+  service_->StartDraining();
+  EXPECT_TRUE(service_->draining());
+  v1::GetSessionRequest get;
+  get.set_session_id(id);
+  v1::SessionInfo info;
+  const grpc::Status s = stub_->GetSession(Ctx().get(), get, &info);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(s.error_message(), "server: shutting down; retry elsewhere");
+  EXPECT_EQ(Health(channel_, ""), 1);   // health is the server's to set
+  EXPECT_EQ(service_->in_flight(), 1);  // the stream is still running
+
+  service_->CancelStreams();
+  for (int i = 0; i < 400 && service_->in_flight() != 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(service_->in_flight(), 0);
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
 }
 
 }  // namespace
