@@ -122,6 +122,11 @@ const float* TestKv::Value(uint32_t layer, uint64_t t, uint32_t h) const {
 absl::StatusOr<AppendResult> TestKv::Append(
     Engine& engine, const TenantId& tenant, const std::string& session_id,
     uint64_t begin, uint64_t end, std::vector<uint32_t> layers) const {
+  if (begin > end || end > num_tokens_) {
+    return absl::OutOfRangeError(absl::StrCat("TestKv holds ", num_tokens_,
+                                              " tokens, not [", begin, ", ",
+                                              end, ")"));
+  }
   if (layers.empty()) {
     for (uint32_t l = 0; l < shape_.num_layers; ++l) layers.push_back(l);
   }
