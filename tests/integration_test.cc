@@ -873,8 +873,8 @@ TEST(ServerLifecycleTest, SigtermDrainsAnInFlightFetchAndExitsZero) {
   ASSERT_TRUE(server->Signal(SIGTERM).ok());
   // New calls are refused once the server drains (a fresh connection, so the
   // refusal is not an artefact of the busy one).
-  auto fresh = v1::WaveKv::NewStub(
-      Connect(server->grpc_address(), absl::Milliseconds(200)));
+  auto fresh_channel = Connect(server->grpc_address(), absl::Seconds(2));
+  auto fresh = v1::WaveKv::NewStub(fresh_channel);
   grpc::StatusCode refused = grpc::StatusCode::OK;
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (absl::Now() < deadline) {
@@ -889,6 +889,22 @@ TEST(ServerLifecycleTest, SigtermDrainsAnInFlightFetchAndExitsZero) {
   }
   EXPECT_EQ(refused, grpc::StatusCode::UNAVAILABLE);
   EXPECT_TRUE(server->Running()) << "exited with a stream in flight";
+  // Still draining (the stream is in flight): health checks get through
+  // and report NOT_SERVING, so load balancers stop routing here.
+  auto health = grpc::health::v1::Health::NewStub(fresh_channel);
+  for (const std::string service : {"", "wavekv.v1.WaveKv"}) {
+    grpc::ClientContext health_ctx;
+    PrepareContext(&health_ctx, kNoToken, absl::Seconds(2));
+    grpc::health::v1::HealthCheckRequest health_request;
+    health_request.set_service(service);
+    grpc::health::v1::HealthCheckResponse health_response;
+    grpc::Status hs =
+        health->Check(&health_ctx, health_request, &health_response);
+    ASSERT_TRUE(hs.ok()) << "\"" << service << "\": " << StatusText(hs);
+    EXPECT_EQ(health_response.status(),
+              grpc::health::v1::HealthCheckResponse::NOT_SERVING)
+        << "\"" << service << "\"";
+  }
 
   // The in-flight stream still completes, with every byte right.
   v1::ClusterChunk chunk;
