@@ -922,6 +922,79 @@ TEST(ServerLifecycleTest, SigtermDrainsAnInFlightFetchAndExitsZero) {
   EXPECT_TRUE(absl::StrContains(log, "{\"ts\":\"")) << log;
 }
 
+// DESIGN.md: an Append acknowledged at DURABILITY_SYNC survives kill -9.
+// A server without a persistent tier must refuse SYNC (never acknowledge a
+// promise it cannot keep); one with it must bring the session back.
+TEST(ServerLifecycleTest, SyncAppendsSurviveKillNineOrAreRefused) {
+  auto started = ServerProcess::Start({.name = "sync"});
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<ServerProcess> server = std::move(*started);
+  auto stub = v1::WaveKv::NewStub(Connect(server->grpc_address()));
+  const v1::ModelShape shape = MakeShape(2, 2, 2, 32, v1::DTYPE_FP16);
+  KvPattern pattern(61, shape);
+
+  v1::CreateSessionRequest create = SessionRequest(shape, "sync");
+  create.set_durability(v1::DURABILITY_SYNC);
+  auto created = CallCreateSession(*stub, kNoToken, create);
+  if (!created.ok()) {
+    EXPECT_EQ(created.status.error_code(),
+              grpc::StatusCode::FAILED_PRECONDITION)
+        << StatusText(created.status);
+    EXPECT_TRUE(absl::StrContains(created.status.error_message(), "durability"))
+        << StatusText(created.status);
+    // The same for a per-Append override on a cache-only session.
+    auto plain = CallCreateSession(*stub, kNoToken, SessionRequest(shape));
+    ASSERT_TRUE(plain.ok()) << StatusText(plain.status);
+    v1::AppendRequest append;
+    append.set_session_id(plain.response.session().session_id());
+    append.set_durability(v1::DURABILITY_SYNC);
+    *append.add_layers() = pattern.Layer(0, 0, 4);
+    auto appended = CallAppend(*stub, kNoToken, append);
+    EXPECT_EQ(appended.status.error_code(),
+              grpc::StatusCode::FAILED_PRECONDITION)
+        << StatusText(appended.status);
+    auto info =
+        CallGetSession(*stub, kNoToken, plain.response.session().session_id());
+    ASSERT_TRUE(info.ok());
+    EXPECT_EQ(info.response.layer_tokens(0), 0u) << "refused, not applied";
+    auto list = ListAllSessions(*stub, kNoToken);
+    ASSERT_TRUE(list.ok());
+    EXPECT_EQ(list.response.size(), 1u) << "the refused create left nothing";
+    return;
+  }
+  // Persistent tier present: acknowledged tokens survive SIGKILL.
+  const std::string id = created.response.session().session_id();
+  const uint64_t n = 100;
+  ASSERT_TRUE(AppendTokens(*stub, kNoToken, id, pattern, 0, n, 25).ok());
+  const std::string data_dir = server->data_dir();
+  server->Kill();
+  auto restarted =
+      ServerProcess::Start({.name = "sync-restart", .data_dir = data_dir});
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  auto stub2 = v1::WaveKv::NewStub(Connect((*restarted)->grpc_address()));
+  auto info = CallGetSession(*stub2, kNoToken, id);
+  ASSERT_TRUE(info.ok()) << StatusText(info.status);
+  EXPECT_EQ(info.response.num_tokens(), n);
+  EXPECT_EQ(info.response.durable_tokens(), n);
+  for (uint32_t layer = 0; layer < shape.num_layers(); ++layer) {
+    v1::RetrieveRequest request;
+    request.set_layer(layer);
+    request.set_mode(v1::RETRIEVE_MODE_EXACT);
+    request.set_include_kv(true);
+    v1::SessionQuery* q = request.add_queries();
+    q->set_session_id(id);
+    q->set_query(pattern.Query(layer, 0));
+    auto r = CallRetrieve(*stub2, kNoToken, request);
+    ASSERT_TRUE(r.ok()) << StatusText(r.status);
+    auto checked =
+        CheckExactResult(r.response.results(0), pattern, layer, true);
+    EXPECT_TRUE(checked.ok()) << checked.status();
+  }
+  auto exit = (*restarted)->Terminate();
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_TRUE(exit->ok()) << exit->ToString();
+}
+
 TEST(ServerLifecycleTest, SecondServerOnTheSameDataDirFailsClearly) {
   auto first = ServerProcess::Start({.name = "lock-a"});
   ASSERT_TRUE(first.ok()) << first.status();
@@ -940,6 +1013,13 @@ TEST(ServerLifecycleTest, SecondServerOnTheSameDataDirFailsClearly) {
   auto exit = (*first)->Terminate();
   ASSERT_TRUE(exit.ok()) << exit.status();
   EXPECT_TRUE(exit->ok()) << exit->ToString();
+  // A clean stop releases the lock: a replacement starts on the same dir.
+  auto replacement = ServerProcess::Start(
+      {.name = "lock-c", .data_dir = (*first)->data_dir()});
+  ASSERT_TRUE(replacement.ok()) << replacement.status();
+  auto exit2 = (*replacement)->Terminate();
+  ASSERT_TRUE(exit2.ok()) << exit2.status();
+  EXPECT_TRUE(exit2->ok()) << exit2->ToString();
 }
 
 TEST(ServerLifecycleTest, ConfigFileAppliesAndFlagsOverrideIt) {
