@@ -1,13 +1,14 @@
-// Test helper: calls grpc.health.v1.Health/Check through gRPC's generic
-// stub (Debian ships no health .proto for client stubs; the two messages
-// are encoded by hand, each a single field).
+// Test helpers: grpc.health.v1.Health/Check and server reflection's
+// list_services through gRPC's generic stub (Debian ships no .proto files
+// for either; the few fields used are encoded and decoded by hand).
 //
 // Thread-safe.
-#ifndef WAVEKV_TRANSPORT_HEALTH_PROBE_H_
-#define WAVEKV_TRANSPORT_HEALTH_PROBE_H_
+#ifndef WAVEKV_TRANSPORT_GRPC_PROBES_H_
+#define WAVEKV_TRANSPORT_GRPC_PROBES_H_
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/grpcpp.h"
@@ -23,6 +24,12 @@ absl::StatusOr<HealthStatus> CheckHealth(
     const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
     absl::Duration timeout = absl::Seconds(5));
 
+// The services the server lists through grpc.reflection.v1alpha (one
+// ServerReflectionInfo exchange with list_services), in its order.
+absl::StatusOr<std::vector<std::string>> ListServicesByReflection(
+    const std::shared_ptr<grpc::Channel>& channel,
+    absl::Duration timeout = absl::Seconds(5));
+
 }  // namespace wavekv
 
-#endif  // WAVEKV_TRANSPORT_HEALTH_PROBE_H_
+#endif  // WAVEKV_TRANSPORT_GRPC_PROBES_H_

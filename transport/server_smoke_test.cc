@@ -29,7 +29,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "proto/wavekv/v1/wavekv.grpc.pb.h"
-#include "transport/health_probe.h"
+#include "transport/grpc_probes.h"
 
 namespace wavekv {
 namespace {
@@ -208,6 +208,11 @@ TEST_F(ServerSmokeTest, EveryRpcOnceThenMetricsThenSigterm) {
   EXPECT_GT(metrics_port_, 0);
   EXPECT_EQ(*CheckHealth(channel_, ""), HealthStatus::kServing);
   EXPECT_EQ(*CheckHealth(channel_, "wavekv.v1.WaveKv"), HealthStatus::kServing);
+  const absl::StatusOr<std::vector<std::string>> services =
+      ListServicesByReflection(channel_);
+  ASSERT_TRUE(services.ok()) << services.status();
+  EXPECT_THAT(*services, Contains("wavekv.v1.WaveKv"));
+  EXPECT_THAT(*services, Contains("grpc.health.v1.Health"));
 
   constexpr uint32_t kLayers = 2, kQHeads = 4, kKvHeads = 2, kHeadDim = 32;
   constexpr uint32_t kTokens = 40;
@@ -404,8 +409,8 @@ TEST_F(ServerSmokeTest, BadConfigAndASecondServerOnTheDataDirFail) {
   StopServer();
 }
 
-TEST_F(ServerSmokeTest, SigtermCancelsAStuckStreamAfterTheDrainTimeout) {
-  StartServer("drain", {"--drain_timeout_ms=300"});
+TEST_F(ServerSmokeTest, DrainRefusesNewCallsThenCancelsAStuckStream) {
+  StartServer("drain", {"--drain_timeout_ms=1500"});
   // 8 kv heads x 128 fp32 x 2000 tokens: 8 MiB each of K and V, far more
   // than a stream's flow-control window, so an unread stream blocks.
   constexpr uint32_t kKvHeads = 8, kHeadDim = 128, kTokens = 2000;
@@ -444,10 +449,34 @@ TEST_F(ServerSmokeTest, SigtermCancelsAStuckStreamAfterTheDrainTimeout) {
   absl::SleepFor(absl::Milliseconds(200));
 
   const absl::Time start = absl::Now();
-  StopServer();
-  // Usually ~2 s (0.3 s drain + the metrics server's stop). Now and then
+  child_->Signal(SIGTERM);
+  // While draining: health says NOT_SERVING, new calls get UNAVAILABLE, the
+  // stuck stream is still in flight.
+  absl::StatusOr<HealthStatus> health;
+  for (int i = 0; i < 500; ++i) {
+    health = CheckHealth(channel_, "");
+    if (!health.ok() || *health != HealthStatus::kServing) break;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  EXPECT_EQ(*health, HealthStatus::kNotServing);
+  EXPECT_EQ(*CheckHealth(channel_, "wavekv.v1.WaveKv"),
+            HealthStatus::kNotServing);
+  v1::GetSessionRequest get;
+  get.set_session_id(created.session().session_id());
+  v1::SessionInfo info;
+  grpc::ClientContext c4;
+  const grpc::Status refused = stub_->GetSession(&c4, get, &info);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(refused.error_message(), "server: shutting down; retry elsewhere");
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(1500));  // still draining
+
+  const int status = child_->WaitExit(absl::Seconds(30));
+  ASSERT_TRUE(WIFEXITED(status)) << status << "\n" << child_->log();
+  EXPECT_EQ(WEXITSTATUS(status), 0) << child_->log();
+  // Usually ~3 s (1.5 s drain + the metrics server's stop). Now and then
   // gRPC 1.51 completes the cancelled, flow-blocked Write only when the
   // client's connection next polls (its 5 s backup poller): allow for that.
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(1500));
   EXPECT_LT(absl::Now() - start, absl::Seconds(15));
   const std::string log = child_->log();
   EXPECT_THAT(log, HasSubstr("\"in_flight_at_signal\":1"));

@@ -12,7 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "transport/health_probe.h"
+#include "transport/grpc_probes.h"
 #include "transport/metrics.h"
 
 namespace wavekv {
