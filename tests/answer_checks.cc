@@ -255,7 +255,7 @@ absl::StatusOr<std::vector<HeadData>> CheckWaveResult(
 absl::StatusOr<std::vector<HeadData>> CheckFetchedChunks(
     const v1::FetchClustersRequest& request,
     const std::vector<v1::ClusterChunk>& chunks, const KvPattern& pattern,
-    uint64_t position_limit) {
+    uint64_t position_limit, bool complete) {
   const uint64_t row_bytes = RowBytes(pattern.shape());
   const uint64_t max_chunk =
       request.max_chunk_bytes() == 0 ? (1u << 20) : request.max_chunk_bytes();
@@ -273,6 +273,10 @@ absl::StatusOr<std::vector<HeadData>> CheckFetchedChunks(
       const uint64_t end = range.first_slot() + range.num_slots();
       while (slot < end) {
         if (next >= chunks.size()) {
+          if (!complete) {
+            out.push_back(std::move(data));
+            return out;
+          }
           return Mismatch(rw,
                           absl::StrCat("stream ended at slot ", slot, " of [",
                                        range.first_slot(), ", ", end, ")"));

@@ -66,10 +66,13 @@ std::vector<bool> SteadyMask(const v1::SessionResult& result);
 // keys and values, K+V at most the effective max_chunk_bytes (0 = 1 MiB);
 // every row equals the appended row of its position. Returns the
 // reassembled data per requested head, in request order.
+// With `complete` false, the stream may stop early (a prefix of the
+// chunks is checked: an RPC that failed mid-stream).
 absl::StatusOr<std::vector<HeadData>> CheckFetchedChunks(
     const v1::FetchClustersRequest& request,
     const std::vector<v1::ClusterChunk>& chunks, const KvPattern& pattern,
-    uint64_t position_limit = std::numeric_limits<uint64_t>::max());
+    uint64_t position_limit = std::numeric_limits<uint64_t>::max(),
+    bool complete = true);
 
 // A FetchClustersRequest for every retrieval range of `result` (one
 // HeadSlots per kv head that has ranges; none if no head has any), at

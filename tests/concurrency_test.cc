@@ -26,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "tests/answer_checks.h"
 #include "tests/kv_pattern.h"
+#include "tests/prometheus_text.h"
 #include "tests/server_process.h"
 #include "tests/wire_client.h"
 
@@ -505,6 +506,65 @@ TEST_F(ConcurrencyTest, ReadersSeeExactlyWhatWritersAppendedUnderChurn) {
   auto exit = server_->Terminate();
   ASSERT_TRUE(exit.ok()) << exit.status();
   EXPECT_TRUE(exit->ok()) << exit->ToString() << "\n" << server_->StderrTail();
+}
+
+// Closing a session while a FetchClusters stream of it is paused: the
+// stream either completes or ends with NOT_FOUND, every chunk it delivered
+// is right, and the session's memory is returned (no reader keeps it).
+TEST_F(ConcurrencyTest, CloseWhileAFetchStreamIsPaused) {
+  const v1::ModelShape shape = MakeShape(1, 4, 4, 128, v1::DTYPE_FP32);
+  auto stub = NewStub();
+  for (int round = 0; round < 3; ++round) {
+    KvPattern pattern(500 + round, shape);
+    v1::CreateSessionRequest create = SessionRequest(shape, "close-fetch");
+    create.mutable_index_options()->set_recent_tokens(65536);  // no index
+    auto created = CallCreateSession(*stub, kNoToken, create);
+    ASSERT_TRUE(created.ok()) << StatusText(created.status);
+    const std::string id = created.response.session().session_id();
+    const uint64_t n = 2048;  // 8 MiB of K+V
+    ASSERT_TRUE(AppendTokens(*stub, kNoToken, id, pattern, 0, n, 512).ok());
+    v1::RetrieveRequest retrieve;
+    retrieve.set_mode(v1::RETRIEVE_MODE_EXACT);
+    v1::SessionQuery* q = retrieve.add_queries();
+    q->set_session_id(id);
+    q->set_query(pattern.Query(0, 0));
+    auto r = CallRetrieve(*stub, kNoToken, retrieve);
+    ASSERT_TRUE(r.ok()) << StatusText(r.status);
+    const v1::FetchClustersRequest fetch =
+        FetchRequestFor(r.response.results(0), 0, 4096);
+
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx, kNoToken);
+    auto reader = stub->FetchClusters(&ctx, fetch);
+    std::vector<v1::ClusterChunk> chunks;
+    v1::ClusterChunk chunk;
+    const size_t pause_at = 10 + 200 * round;
+    while (chunks.size() < pause_at && reader->Read(&chunk)) {
+      chunks.push_back(std::move(chunk));
+    }
+    ASSERT_EQ(chunks.size(), pause_at);
+    auto closed = CallCloseSession(*stub, kNoToken, id);
+    ASSERT_TRUE(closed.ok()) << StatusText(closed.status);
+    while (reader->Read(&chunk)) chunks.push_back(std::move(chunk));
+    grpc::Status st = reader->Finish();
+    EXPECT_TRUE(st.ok() || st.error_code() == grpc::StatusCode::NOT_FOUND)
+        << StatusText(st);
+    auto data = CheckFetchedChunks(fetch, chunks, pattern, n,
+                                   /*complete=*/st.ok());
+    EXPECT_TRUE(data.ok()) << data.status();
+    std::printf("round %d: %zu chunks, %s\n", round, chunks.size(),
+                StatusText(st).c_str());
+  }
+  // Every byte is returned to the budget.
+  auto metrics = HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  auto samples = ParsePrometheusText(*metrics);
+  ASSERT_TRUE(samples.ok()) << samples.status();
+  EXPECT_EQ(SumSamples(*samples, "wavekv_sessions"), 0);
+  EXPECT_EQ(SumSamples(*samples, "wavekv_memory_bytes"), 0);
+  auto exit = server_->Terminate();
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_TRUE(exit->ok()) << exit->ToString();
 }
 
 // Several clients race to append the same decode steps (every layer at

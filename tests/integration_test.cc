@@ -555,6 +555,62 @@ TEST_F(IntegrationTest, RetrieveWaveFallsBackToExactOnlyWhenAsked) {
   EXPECT_EQ(b.num_tokens(), 10u);
 }
 
+// Ranges from an EXACT answer go stale once the background build moves
+// their tokens into clusters. A stale fetch must fail FAILED_PRECONDITION
+// or stream the right tokens; it never serves wrong bytes.
+TEST_F(IntegrationTest, FetchOfRangesMadeStaleByAnIndexBuild) {
+  const v1::ModelShape shape = MakeShape(1, 2, 2, 32, v1::DTYPE_FP32);
+  KvPattern pattern(35, shape);
+  v1::SessionInfo s = Create(WaveSessionRequest(shape, 0.2f, 0.3f));
+  ASSERT_TRUE(
+      AppendTokens(stub(), kNoToken, s.session_id(), pattern, 0, 40, 40).ok());
+  v1::RetrieveRequest exact;
+  exact.set_mode(v1::RETRIEVE_MODE_EXACT);
+  AddQuery(exact, s.session_id(), pattern.Query(0, 0));
+  auto before = CallRetrieve(stub(), kNoToken, exact);
+  ASSERT_TRUE(before.ok()) << StatusText(before.status);
+  const v1::SessionResult old_result = before.response.results(0);
+
+  ASSERT_TRUE(
+      AppendTokens(stub(), kNoToken, s.session_id(), pattern, 40, 300, 130)
+          .ok());
+  auto info = WaitIndexReady(stub(), s.session_id());
+  ASSERT_TRUE(info.ok()) << StatusText(info.status);
+  ASSERT_EQ(info.response.index_state(), v1::INDEX_STATE_READY);
+  ASSERT_GT(info.response.layer_indexed_tokens(0), 0u);
+
+  for (bool check_epoch : {true, false}) {
+    v1::FetchClustersRequest stale = FetchRequestFor(old_result, 0, 4096);
+    if (!check_epoch) stale.set_layout_epoch(0);
+    auto fetched = CallFetchClusters(stub(), kNoToken, stale);
+    if (fetched.ok()) {
+      auto data = CheckFetchedChunks(stale, fetched.chunks, pattern, 300);
+      EXPECT_TRUE(data.ok())
+          << "epoch " << check_epoch << ": " << data.status();
+    } else {
+      EXPECT_EQ(fetched.status.error_code(),
+                grpc::StatusCode::FAILED_PRECONDITION)
+          << StatusText(fetched.status);
+    }
+  }
+  // A fresh answer covers every token again, and streams back intact.
+  exact.set_include_kv(true);
+  auto after = CallRetrieve(stub(), kNoToken, exact);
+  ASSERT_TRUE(after.ok()) << StatusText(after.status);
+  const v1::SessionResult& result = after.response.results(0);
+  EXPECT_EQ(result.num_tokens(), 300u);
+  auto inline_data = CheckExactResult(result, pattern, 0, true);
+  ASSERT_TRUE(inline_data.ok()) << inline_data.status();
+  const v1::FetchClustersRequest fresh = FetchRequestFor(result, 0, 8192);
+  auto fetched = CallFetchClusters(stub(), kNoToken, fresh);
+  ASSERT_TRUE(fetched.ok()) << StatusText(fetched.status);
+  auto data = CheckFetchedChunks(fresh, fetched.chunks, pattern, 300);
+  ASSERT_TRUE(data.ok()) << data.status();
+  for (size_t h = 0; h < data->size(); ++h) {
+    EXPECT_EQ((*data)[h].positions, (*inline_data)[h].positions);
+  }
+}
+
 TEST_F(IntegrationTest, GetTransportInfoReportsLimits) {
   v1::GetTransportInfoRequest request;
   auto info = CallGetTransportInfo(stub(), kNoToken, request);
@@ -608,6 +664,30 @@ TEST_F(IntegrationTest, ListSessionsPagesInIdOrder) {
   EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), ids.size())
       << "no session on two pages";
   EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()), expected);
+
+  // Closing the last session of a page does not break the next page.
+  v1::ListSessionsRequest first_page;
+  first_page.set_page_size(3);
+  auto page1 = CallListSessions(stub(), kNoToken, first_page);
+  ASSERT_TRUE(page1.ok()) << StatusText(page1.status);
+  ASSERT_EQ(page1.response.sessions_size(), 3);
+  ASSERT_FALSE(page1.response.next_page_token().empty());
+  const std::string last = page1.response.sessions(2).session_id();
+  ASSERT_TRUE(CallCloseSession(stub(), kNoToken, last).ok());
+  expected.erase(last);
+  v1::ListSessionsRequest rest;
+  rest.set_page_size(1000);
+  rest.set_page_token(page1.response.next_page_token());
+  auto page2 = CallListSessions(stub(), kNoToken, rest);
+  ASSERT_TRUE(page2.ok()) << StatusText(page2.status);
+  std::set<std::string> walked;
+  for (const auto& s : page1.response.sessions()) walked.insert(s.session_id());
+  walked.erase(last);
+  for (const auto& s : page2.response.sessions()) {
+    EXPECT_GT(s.session_id(), last) << "page 2 restarted";
+    walked.insert(s.session_id());
+  }
+  EXPECT_EQ(walked, expected);
 
   // page_size 0 means 100: everything here fits one page.
   v1::ListSessionsRequest one;

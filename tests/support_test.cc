@@ -249,6 +249,14 @@ TEST(AnswerChecksTest, FetchReassemblesAndRejectsBadStreams) {
   auto missing = chunks;
   missing.pop_back();
   EXPECT_FALSE(CheckFetchedChunks(req, missing, p).ok());
+  EXPECT_TRUE(
+      CheckFetchedChunks(req, missing, p, 1000, /*complete=*/false).ok())
+      << "a prefix of a failed stream";
+  auto corrupt_prefix = missing;
+  (*corrupt_prefix[0].mutable_values())[3] ^= 1;
+  EXPECT_FALSE(
+      CheckFetchedChunks(req, corrupt_prefix, p, 1000, /*complete=*/false)
+          .ok());
   auto extra = chunks;
   extra.push_back(chunks[0]);
   EXPECT_FALSE(CheckFetchedChunks(req, extra, p).ok());
