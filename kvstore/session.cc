@@ -322,20 +322,21 @@ absl::StatusOr<SessionInfo> Session::Info() const {
   info.durability = options_.durability;
   info.max_tokens = max_tokens_;
   info.label = options_.label;
-  info.layer_tokens = LayerTokens();
-  info.num_tokens =
-      *std::min_element(info.layer_tokens.begin(), info.layer_tokens.end());
   info.durable_tokens = 0;  // DURABILITY_NONE only (see engine.cc)
   info.memory_bytes = memory_bytes();
   info.created_unix_ms = created_unix_ms_;
   info.last_access_unix_ms =
       last_access_unix_ms_.load(std::memory_order_acquire);
-  // Index progress, one layer lock at a time.
+  // Tokens and index progress, one layer lock at a time (each layer's
+  // counts are consistent with each other).
   bool failed = false, building = false, indexed = false;
+  info.layer_tokens.reserve(layers_.size());
   info.layer_indexed_tokens.reserve(layers_.size());
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = *layers_[l];
     absl::ReaderMutexLock lock(&layer.mu);
+    info.layer_tokens.push_back(
+        layer.num_tokens.load(std::memory_order_relaxed));
     info.layer_indexed_tokens.push_back(layer.indexed.num_tokens());
     indexed = indexed || !layer.indexed.empty();
     building = building || layer.build_pending;
@@ -345,6 +346,12 @@ absl::StatusOr<SessionInfo> Session::Info() const {
           absl::StrCat("layer ", l, ": ", layer.build_error.message());
     }
   }
+  // Closed while it was read: as if looked up a moment later.
+  if (closed_.load(std::memory_order_acquire)) {
+    return SessionNotFoundError("session_id", id_);
+  }
+  info.num_tokens =
+      *std::min_element(info.layer_tokens.begin(), info.layer_tokens.end());
   info.index_state = failed     ? IndexState::kFailed
                      : building ? IndexState::kBuilding
                      : indexed  ? IndexState::kReady
