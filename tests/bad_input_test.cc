@@ -17,10 +17,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "tests/answer_checks.h"
 #include "tests/grpc_health.grpc.pb.h"
 #include "tests/kv_pattern.h"
+#include "tests/prometheus_text.h"
 #include "tests/server_process.h"
 #include "tests/wire_client.h"
 
@@ -857,7 +859,18 @@ TEST_F(BadInputTest, EveryRpcNeedsAKnownBearerToken) {
          return CallCloseSession(stub(), t, victim_).status;
        }},
   };
+  auto unauthenticated = [&](const std::string& method) -> double {
+    auto body = HttpGet(server_->metrics_port(), "/metrics");
+    EXPECT_TRUE(body.ok()) << body.status();
+    if (!body.ok()) return -1;
+    auto samples = ParsePrometheusText(*body);
+    EXPECT_TRUE(samples.ok()) << samples.status();
+    if (!samples.ok()) return -1;
+    return SumSamples(*samples, "wavekv_rpc_requests_total",
+                      {{"method", method}, {"code", "UNAUTHENTICATED"}});
+  };
   for (const Rpc& rpc : rpcs) {
+    const double counted_before = unauthenticated(rpc.name);
     ExpectRejected(
         rpc.name + " without credentials", [&] { return rpc.call(""); },
         {StatusCode::UNAUTHENTICATED, {"authorization: missing bearer token"}});
@@ -865,6 +878,13 @@ TEST_F(BadInputTest, EveryRpcNeedsAKnownBearerToken) {
         rpc.name + " with an unknown token",
         [&] { return rpc.call("not-a-known-token"); },
         {StatusCode::UNAUTHENTICATED, {"authorization: unknown token"}});
+    // Both refusals are counted under their code (recorded as calls end).
+    double counted = unauthenticated(rpc.name);
+    for (int i = 0; i < 100 && counted < counted_before + 2; ++i) {
+      absl::SleepFor(absl::Milliseconds(10));
+      counted = unauthenticated(rpc.name);
+    }
+    EXPECT_EQ(counted, counted_before + 2) << rpc.name;
   }
   // Other schemes are not bearer tokens.
   {
