@@ -115,6 +115,10 @@ class ConcurrencyTest : public ::testing::Test {
   std::string CreateFor(int slot) {
     SessionOptions o;
     o.shape = {kLayers, kQHeads, kKvHeads, kHeadDim, DType::kFp16};
+    // No wave index here (the bytes are arbitrary, not finite fp16): the
+    // recent window covers every token. wave_concurrency_test races index
+    // builds.
+    o.index.recent_tokens = 65536;
     auto info = engine_->CreateSession(TenantOf(slot), o);
     if (!info.ok()) {
       Fail("CreateSession: " + info.status().ToString());
@@ -438,6 +442,7 @@ TEST(SameSessionContentionTest, OverlappingMultiLayerAppends) {
   std::unique_ptr<Engine> engine = *std::move(engine_or);
   SessionOptions so;
   so.shape = {kLayers, kQHeads, kKvHeads, kHeadDim, DType::kFp16};
+  so.index.recent_tokens = 65536;  // arbitrary bytes: no wave index
   auto info = engine->CreateSession("t", so);
   ASSERT_TRUE(info.ok());
   const std::string id = info->session_id;
