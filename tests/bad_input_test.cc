@@ -69,7 +69,7 @@ class BadInputTest : public ::testing::Test {
              absl::StrCat("--max_batch_sessions=", kMaxBatchSessions),
              absl::StrCat("--max_tokens_per_session=", kMaxTokensPerSession),
              absl::StrCat("--max_message_bytes=", kMaxMessageBytes),
-             "--memory_budget=4MiB",
+             absl::StrCat("--memory_budget=", kMemoryBudgetBytes),
          }});
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server).release();
@@ -511,7 +511,8 @@ TEST_F(BadInputTest, AppendBeyondTheMemoryBudgetIsResourceExhausted) {
   const std::string id = created.response.session().session_id();
   uint64_t at = 0;
   grpc::Status last;
-  for (int i = 0; i < 8; ++i) {
+  // Twice the budget in 1 MiB requests: the budget must stop it on the way.
+  for (uint64_t i = 0; i < 2 * kMemoryBudgetBytes / (1 << 20); ++i) {
     v1::AppendRequest request;
     request.set_session_id(id);
     *request.add_layers() = big.Layer(0, at, 128);
