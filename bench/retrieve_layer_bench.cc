@@ -25,8 +25,8 @@
 //
 // Between two reads of one session's layer a decode step reads the other
 // layers, so the benchmark rotates over pools of distinct sessions (at
-// least 256 MiB of index data where memory allows) and never re-reads a
-// layer warm from the last-level cache.
+// least 128 MiB of index data, 4x the last-level cache, where memory allows)
+// and does not re-read a layer warm from the cache.
 //
 //   bazel run -c opt //bench:retrieve_layer_bench -- --benchmark_min_time=0.1
 //
@@ -68,11 +68,16 @@ struct Config {
   // one layer on this box).
   uint64_t exact_max_tokens = uint64_t{2} << 20;
   // engine runs where context <= engine_max_context and batch x context <=
-  // engine_max_tokens (the k-means builds of 4 x 128K take about 2 min).
+  // engine_max_tokens (one 128K session's k-means build takes about 1 min
+  // here, on one build thread).
   uint64_t engine_max_context = 131072;
-  uint64_t engine_max_tokens = 524288;
-  // Distinct data read before a session's layer is read again.
-  uint64_t cold_bytes = 256 * kMiB;
+  uint64_t engine_max_tokens = 262144;
+  // Workers beside the calling thread for plan, stream and exact (the
+  // engine's own pool has EngineOptions' default).
+  uint64_t retrieve_threads = EngineOptions{}.retrieve_threads;
+  // Index data of distinct sessions read before one is read again (4x the
+  // 32 MiB last-level cache of the build box).
+  uint64_t cold_bytes = 128 * kMiB;
   uint64_t index_cap_bytes = 2 * kGiB;
   uint64_t kv_cap_bytes = 2 * kGiB;
 
@@ -93,7 +98,7 @@ class Env {
  public:
   explicit Env(const Config& config)
       : config_(config),
-        pool_(static_cast<int>(EngineOptions{}.retrieve_threads)),
+        pool_(static_cast<int>(config.retrieve_threads)),
         queries_(MakeQueries(config.MaxBatch())) {}
 
   const Config& config() const { return config_; }
@@ -107,11 +112,8 @@ class Env {
   std::pair<IndexPool*, Rotation*> Indexes(uint64_t ctx) {
     if (indexes_ == nullptr || indexes_->context_tokens() != ctx) {
       ReleaseAll();
-      // Centroids + value sums (fp32) take ~ctx * 512 bytes per session.
-      const uint64_t per_session = ctx * 512;
       const uint64_t sessions =
-          std::max(config_.MaxBatch(),
-                   (config_.cold_bytes + per_session - 1) / per_session);
+          std::max(config_.MaxBatch(), SessionsForColdReads(ctx));
       indexes_ =
           std::make_unique<IndexPool>(ctx, sessions, config_.index_cap_bytes);
       index_rotation_ = std::make_unique<Rotation>(indexes_->num_sessions());
@@ -135,7 +137,7 @@ class Env {
   std::pair<EngineSessions*, Rotation*> Engine(uint64_t ctx) {
     if (engine_ == nullptr || engine_->context_tokens() != ctx) {
       ReleaseAll();
-      uint64_t sessions = 1;
+      uint64_t sessions = SessionsForColdReads(ctx);
       for (uint64_t b : config_.batches) {
         if (config_.RunsEngine(ctx, b)) sessions = std::max(sessions, b);
       }
@@ -148,6 +150,13 @@ class Env {
   }
 
  private:
+  // Sessions whose centroids + value sums (fp32, ~ctx * 512 bytes a
+  // session's layer) add up to cold_bytes.
+  uint64_t SessionsForColdReads(uint64_t ctx) const {
+    const uint64_t per_session = ctx * 512;
+    return (config_.cold_bytes + per_session - 1) / per_session;
+  }
+
   void ReleaseAll() {
     indexes_.reset();
     kv_.reset();
@@ -327,7 +336,8 @@ class SummaryReporter : public benchmark::ConsoleReporter {
         continue;
       }
       Entry& e = entries_[{ctx, batch}];
-      e.us[run.run_name.function_name] = run.GetAdjustedRealTime();
+      e.us[run.run_name.function_name] = {run.GetAdjustedRealTime(),
+                                          run.GetAdjustedCPUTime()};
       for (const auto& [name, counter] : run.counters) {
         e.counters[name] = counter.value;
       }
@@ -336,40 +346,60 @@ class SummaryReporter : public benchmark::ConsoleReporter {
 
   void PrintSummary(int pool_threads) const {
     std::printf(
-        "\nPer-layer latency (real time, median), 32 q / 8 kv heads, d=128, "
-        "fp16; %d threads (caller + EngineOptions::retrieve_threads "
-        "workers)\n\n",
+        "\nOne layer: 32 q / 8 kv heads, d=128, fp16. plan/stream/exact on %d "
+        "threads (the caller + retrieve_threads workers); medians.\n"
+        "\nWall time per layer (us):\n\n",
         pool_threads);
     std::printf(
-        "| context | batch | clusters/head | wave plan us/layer | plan "
-        "us/session | stream C us | stream C+VS us | plan / stream C+VS | "
-        "engine WAVE us/layer | exact us/layer | exact / plan |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n");
+        "| context | batch | clusters/head | plan us/layer | plan us/session "
+        "| stream C us | stream C+VS us | plan / stream C+VS | engine WAVE "
+        "us/layer | engine us/session | exact us/layer | exact / plan |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const auto& [key, e] : entries_) {
       const auto [ctx, batch] = key;
-      const double plan = e.Get("plan");
-      const double stream_vs = e.Get("stream_c_vs");
-      const double exact = e.Get("exact");
+      const double plan = e.Wall("plan"), engine = e.Wall("engine");
+      const double stream = e.Wall("stream_c_vs"), exact = e.Wall("exact");
       std::printf(
-          "| %llu | %llu | %s | %s | %s | %s | %s | %s | %s | %s | "
-          "%s |\n",
+          "| %llu | %llu | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s "
+          "|\n",
           static_cast<unsigned long long>(ctx),
           static_cast<unsigned long long>(batch),
           Fmt(e.Counter("clusters"), 0).c_str(), Fmt(plan, 0).c_str(),
-          Fmt(plan / batch, 1).c_str(), Fmt(e.Get("stream_c"), 0).c_str(),
-          Fmt(stream_vs, 0).c_str(), Fmt(plan / stream_vs, 2).c_str(),
-          Fmt(e.Get("engine"), 0).c_str(), Fmt(exact, 0).c_str(),
-          Fmt(exact / plan, 1).c_str());
+          Fmt(Ratio(plan, batch), 0).c_str(),
+          Fmt(e.Wall("stream_c"), 0).c_str(), Fmt(stream, 0).c_str(),
+          Fmt(Ratio(plan, stream), 2).c_str(), Fmt(engine, 0).c_str(),
+          Fmt(Ratio(engine, batch), 0).c_str(), Fmt(exact, 0).c_str(),
+          Fmt(Ratio(exact, plan), 1).c_str());
+    }
+    std::printf(
+        "\nCPU time per layer, all threads of the process (us):\n\n"
+        "| context | batch | plan | stream C+VS | plan / stream C+VS | "
+        "engine WAVE | exact | exact / plan |\n"
+        "|---|---|---|---|---|---|---|---|\n");
+    for (const auto& [key, e] : entries_) {
+      const auto [ctx, batch] = key;
+      const double plan = e.Cpu("plan"), stream = e.Cpu("stream_c_vs");
+      const double exact = e.Cpu("exact");
+      std::printf("| %llu | %llu | %s | %s | %s | %s | %s | %s |\n",
+                  static_cast<unsigned long long>(ctx),
+                  static_cast<unsigned long long>(batch), Fmt(plan, 0).c_str(),
+                  Fmt(stream, 0).c_str(), Fmt(Ratio(plan, stream), 2).c_str(),
+                  Fmt(e.Cpu("engine"), 0).c_str(), Fmt(exact, 0).c_str(),
+                  Fmt(Ratio(exact, plan), 1).c_str());
     }
   }
 
  private:
   struct Entry {
-    std::map<std::string, double> us;
+    std::map<std::string, std::pair<double, double>> us;  // wall, CPU
     std::map<std::string, double> counters;
-    double Get(const std::string& k) const {
+    double Wall(const std::string& k) const {
       auto it = us.find(k);
-      return it == us.end() ? -1.0 : it->second;
+      return it == us.end() ? -1.0 : it->second.first;
+    }
+    double Cpu(const std::string& k) const {
+      auto it = us.find(k);
+      return it == us.end() ? -1.0 : it->second.second;
     }
     double Counter(const std::string& k) const {
       auto it = counters.find(k);
@@ -377,7 +407,11 @@ class SummaryReporter : public benchmark::ConsoleReporter {
     }
   };
 
-  // "-" for a missing value (negative, or a ratio of one).
+  // -1 (missing) unless both are present.
+  static double Ratio(double a, double b) {
+    return a >= 0.0 && b > 0.0 ? a / b : -1.0;
+  }
+  // "-" for a missing value.
   static std::string Fmt(double v, int decimals) {
     if (!(v >= 0.0)) return "-";
     char buf[32];
@@ -399,7 +433,8 @@ bool ParseList(const std::string& text, std::vector<uint64_t>* out) {
 }
 
 // Flags after Google Benchmark's own: --contexts=, --batches= (comma
-// lists), --exact_max_tokens=, --engine_max_context=, --engine_max_tokens=.
+// lists), --exact_max_tokens=, --engine_max_context=, --engine_max_tokens=,
+// --retrieve_threads= (workers beside the caller; default the engine's).
 bool ParseFlags(int argc, char** argv, Config* config) {
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -417,6 +452,9 @@ bool ParseFlags(int argc, char** argv, Config* config) {
       ok = absl::SimpleAtoi(value, &config->engine_max_context);
     } else if (name == "--engine_max_tokens") {
       ok = absl::SimpleAtoi(value, &config->engine_max_tokens);
+    } else if (name == "--retrieve_threads") {
+      ok = absl::SimpleAtoi(value, &config->retrieve_threads) &&
+           config->retrieve_threads <= 256;
     }
     if (!ok) {
       std::fprintf(stderr, "retrieve_layer_bench: bad flag %s\n", arg.c_str());
@@ -435,6 +473,7 @@ void Register(const Config& config, Env& env) {
         ->Args({static_cast<int64_t>(ctx), static_cast<int64_t>(b)})
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime()
+        ->MeasureProcessCPUTime()
         ->Repetitions(repetitions)
         ->ReportAggregatesOnly(repetitions > 1);
   };
