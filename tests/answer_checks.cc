@@ -6,6 +6,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace wavekv::testing {
 namespace {
@@ -149,9 +150,84 @@ std::vector<bool> SteadyMask(const v1::SessionResult& result) {
   return mask;
 }
 
+namespace {
+
+// The bounds of CheckWaveResult's header comment for one kv head's tails.
+absl::Status CheckTailBounds(const std::string& where,
+                             const v1::KvHeadResult& head,
+                             const KvPattern& pattern, uint32_t layer,
+                             const std::vector<bool>& indexed,
+                             uint64_t retrieved_slots,
+                             const std::string& query) {
+  const v1::ModelShape& shape = pattern.shape();
+  const uint32_t d = shape.head_dim();
+  const uint32_t group = shape.num_q_heads() / shape.num_kv_heads();
+  const uint32_t h = head.kv_head();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  uint64_t indexed_count = 0;
+  std::vector<float> vmin(d, INFINITY), vmax(d, -INFINITY);
+  std::vector<float> lmin(group, INFINITY), lmax(group, -INFINITY);
+  float vabs = 0.0f;
+  std::vector<float> q(uint64_t{group} * d);
+  std::memcpy(q.data(), query.data() + uint64_t{h} * group * d * 4,
+              q.size() * 4);
+  for (uint64_t p = 0; p < indexed.size(); ++p) {
+    if (!indexed[p]) continue;
+    ++indexed_count;
+    const std::vector<float> k = pattern.RowFloats(KvKind::kKeys, layer, p, h);
+    const std::vector<float> v =
+        pattern.RowFloats(KvKind::kValues, layer, p, h);
+    for (uint32_t i = 0; i < d; ++i) {
+      vmin[i] = std::min(vmin[i], v[i]);
+      vmax[i] = std::max(vmax[i], v[i]);
+      vabs = std::max(vabs, std::fabs(v[i]));
+    }
+    for (uint32_t j = 0; j < group; ++j) {
+      double dot = 0.0;
+      for (uint32_t i = 0; i < d; ++i) dot += double{q[j * d + i]} * k[i];
+      const float logit = static_cast<float>(dot) * scale;
+      lmin[j] = std::min(lmin[j], logit);
+      lmax[j] = std::max(lmax[j], logit);
+    }
+  }
+  const uint64_t estimable =
+      indexed_count > retrieved_slots ? indexed_count - retrieved_slots : 0;
+  for (uint32_t j = 0; j < group && j < uint32_t(head.tail_size()); ++j) {
+    const v1::TailStats& t = head.tail(j);
+    const std::string tw = absl::StrCat(where, " tail[", j, "]");
+    if (t.denominator() == 0.0f) continue;  // empty zone, checked already
+    const float ltol =
+        1e-3f * (1.0f + std::max(std::fabs(lmin[j]), std::fabs(lmax[j])));
+    if (t.max_logit() < lmin[j] - ltol || t.max_logit() > lmax[j] + ltol) {
+      return Mismatch(tw, absl::StrCat("max_logit ", t.max_logit(),
+                                       " outside the indexed tokens' logits [",
+                                       lmin[j], ", ", lmax[j], "]"));
+    }
+    const float den = t.denominator();
+    if (den < 1.0f - 1e-3f || den > estimable * (1.0f + 1e-3f)) {
+      return Mismatch(tw, absl::StrCat("denominator ", den, " outside [1, ",
+                                       estimable, "] (tokens estimable)"));
+    }
+    const float vtol = 1e-3f * (1.0f + vabs);
+    for (uint32_t i = 0; i < d; ++i) {
+      float num;
+      std::memcpy(&num, t.numerator().data() + 4 * i, 4);
+      const float mean = num / den;
+      if (mean < vmin[i] - vtol || mean > vmax[i] + vtol) {
+        return Mismatch(tw, absl::StrCat("numerator[", i, "]/denominator ",
+                                         mean, " outside the values' range [",
+                                         vmin[i], ", ", vmax[i], "]"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<HeadData>> CheckWaveResult(
     const v1::SessionResult& result, const KvPattern& pattern, uint32_t layer,
-    bool include_kv) {
+    bool include_kv, const std::string& query) {
   const v1::ModelShape& shape = pattern.shape();
   const uint64_t n = result.num_tokens();
   const std::string where =
@@ -237,6 +313,14 @@ absl::StatusOr<std::vector<HeadData>> CheckWaveResult(
       return Mismatch(
           hw, absl::StrCat("retrieval of ", *total, " slots > indexed_tokens ",
                            result.indexed_tokens()));
+    }
+    if (!query.empty()) {
+      if (query.size() !=
+          uint64_t{shape.num_q_heads()} * shape.head_dim() * 4) {
+        return Mismatch(where, "query of the wrong size for the check");
+      }
+      RETURN_IF_ERROR(
+          CheckTailBounds(hw, head, pattern, layer, indexed, *total, query));
     }
     if (!include_kv) {
       if (!head.keys().empty() || !head.values().empty()) {

@@ -52,9 +52,18 @@ absl::StatusOr<std::vector<HeadData>> CheckExactResult(
 // indexed_tokens slots. With `include_kv`, the inline rows are appended rows
 // of indexed (non-steady) tokens, each once, value beside key. Returns the
 // per-head data (empty without include_kv).
+//
+// With the call's `query` (FP32 [num_q_heads][head_dim]) the tails are
+// also checked against bounds that hold for any clustering whose centroid
+// is its members' mean (DESIGN.md): for q head i of kv head h = i / group,
+// max_logit lies within the range of q.k/sqrt(head_dim) over the indexed
+// tokens; 1 <= denominator <= indexed tokens not retrieved (the top
+// estimated cluster is never empty); numerator/denominator, a convex
+// combination of cluster mean values, lies coordinate-wise within the
+// indexed tokens' value range.
 absl::StatusOr<std::vector<HeadData>> CheckWaveResult(
     const v1::SessionResult& result, const KvPattern& pattern, uint32_t layer,
-    bool include_kv);
+    bool include_kv, const std::string& query = "");
 
 // The token positions of `result.steady`, as a mask of num_tokens entries.
 std::vector<bool> SteadyMask(const v1::SessionResult& result);

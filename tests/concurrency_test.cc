@@ -337,7 +337,8 @@ void ConcurrencyTest::RetrieveAndFetch(v1::WaveKv::Stub& stub,
     }
     if (served_wave) counters_.wave_results++;
     auto checked = served_wave
-                       ? CheckWaveResult(result, s.pattern, layer, include_kv)
+                       ? CheckWaveResult(result, s.pattern, layer, include_kv,
+                                         request.queries(i).query())
                        : CheckExactResult(result, s.pattern, layer, include_kv);
     if (!checked.ok()) {
       failures_.Add("Retrieve: " + std::string(checked.status().message()));

@@ -437,7 +437,8 @@ TEST_F(IntegrationTest, RetrieveWaveSplitsSteadyZoneAndClusters) {
     EXPECT_LE(result.indexed_tokens() + 4 + 16, n);
     EXPECT_EQ(result.indexed_tokens(),
               info.response.layer_indexed_tokens(layer));
-    auto inline_data = CheckWaveResult(result, pattern, layer, true);
+    auto inline_data = CheckWaveResult(result, pattern, layer, true,
+                                       request.queries(0).query());
     ASSERT_TRUE(inline_data.ok()) << inline_data.status();
     const std::vector<bool> steady = SteadyMask(result);
     for (uint64_t p = 0; p < 4; ++p) EXPECT_TRUE(steady[p]) << "sink " << p;
@@ -485,7 +486,8 @@ TEST_F(IntegrationTest, RetrieveWaveOfEveryClusterCoversEveryIndexedToken) {
   auto r = CallRetrieve(stub(), kNoToken, request);
   ASSERT_TRUE(r.ok()) << StatusText(r.status);
   const v1::SessionResult& result = r.response.results(0);
-  auto data = CheckWaveResult(result, pattern, 0, true);
+  auto data =
+      CheckWaveResult(result, pattern, 0, true, request.queries(0).query());
   ASSERT_TRUE(data.ok()) << data.status();
   const std::vector<bool> steady = SteadyMask(result);
   for (const HeadData& head : *data) {
@@ -527,8 +529,8 @@ TEST_F(IntegrationTest, RetrieveWaveFallsBackToExactOnlyWhenAsked) {
   auto strict = CallRetrieve(stub(), kNoToken, request);
   if (strict.ok()) {
     ASSERT_EQ(strict.response.results_size(), 2);
-    auto checked =
-        CheckWaveResult(strict.response.results(1), young_pattern, 1, true);
+    auto checked = CheckWaveResult(strict.response.results(1), young_pattern, 1,
+                                   true, request.queries(1).query());
     EXPECT_TRUE(checked.ok()) << checked.status();
     EXPECT_EQ(strict.response.results(1).indexed_tokens(), 0u);
   } else {
@@ -543,13 +545,15 @@ TEST_F(IntegrationTest, RetrieveWaveFallsBackToExactOnlyWhenAsked) {
   const v1::SessionResult& a = lenient.response.results(0);
   const v1::SessionResult& b = lenient.response.results(1);
   EXPECT_EQ(a.mode(), v1::RETRIEVE_MODE_WAVE) << "the ready one is WAVE";
-  auto checked_a = CheckWaveResult(a, ready_pattern, 1, true);
+  auto checked_a =
+      CheckWaveResult(a, ready_pattern, 1, true, request.queries(0).query());
   EXPECT_TRUE(checked_a.ok()) << checked_a.status();
   if (b.mode() == v1::RETRIEVE_MODE_EXACT) {
     auto checked_b = CheckExactResult(b, young_pattern, 1, true);
     EXPECT_TRUE(checked_b.ok()) << checked_b.status();
   } else {
-    auto checked_b = CheckWaveResult(b, young_pattern, 1, true);
+    auto checked_b =
+        CheckWaveResult(b, young_pattern, 1, true, request.queries(1).query());
     EXPECT_TRUE(checked_b.ok()) << checked_b.status();
   }
   EXPECT_EQ(b.num_tokens(), 10u);

@@ -1,5 +1,6 @@
 #include "tests/kv_pattern.h"
 
+#include <cmath>
 #include <cstring>
 
 namespace wavekv::testing {
@@ -128,6 +129,35 @@ std::string KvPattern::Tokens(KvKind kind, uint32_t layer, uint64_t start,
       FillRow(kind, layer, start + t, h, p);
       p += row;
     }
+  }
+  return out;
+}
+
+std::vector<float> KvPattern::RowFloats(KvKind kind, uint32_t layer,
+                                        uint64_t position,
+                                        uint32_t kv_head) const {
+  const std::string row = Row(kind, layer, position, kv_head);
+  const uint32_t d = shape_.head_dim();
+  std::vector<float> out(d);
+  for (uint32_t i = 0; i < d; ++i) {
+    if (shape_.dtype() == v1::DTYPE_FP32) {
+      std::memcpy(&out[i], row.data() + 4 * i, 4);
+      continue;
+    }
+    const uint16_t bits =
+        static_cast<uint16_t>(static_cast<uint8_t>(row[2 * i]) |
+                              static_cast<uint8_t>(row[2 * i + 1]) << 8);
+    const bool negative = bits >> 15;
+    float magnitude;
+    if (shape_.dtype() == v1::DTYPE_FP16) {  // normal halves only
+      const int exp = (bits >> 10) & 0x1f;
+      magnitude = std::ldexp(1.0f + (bits & 0x3ff) / 1024.0f, exp - 15);
+    } else {  // bfloat16: the top half of an fp32
+      const uint32_t wide = uint32_t{bits} << 16;
+      std::memcpy(&magnitude, &wide, 4);
+      magnitude = std::fabs(magnitude);
+    }
+    out[i] = negative ? -magnitude : magnitude;
   }
   return out;
 }

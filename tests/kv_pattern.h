@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "proto/wavekv/v1/wavekv.pb.h"
 
@@ -52,6 +53,10 @@ class KvPattern {
   // [start, start + num_tokens) of `layer`.
   std::string Tokens(KvKind kind, uint32_t layer, uint64_t start,
                      uint32_t num_tokens) const;
+
+  // Row() decoded to floats (exact: every generated value is representable).
+  std::vector<float> RowFloats(KvKind kind, uint32_t layer, uint64_t position,
+                               uint32_t kv_head) const;
 
   // A LayerKV entry carrying tokens [start, start + num_tokens) of `layer`.
   v1::LayerKV Layer(uint32_t layer, uint64_t start, uint32_t num_tokens) const;

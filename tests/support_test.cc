@@ -172,6 +172,30 @@ TEST(AnswerChecksTest, WaveAcceptsAConsistentAnswerAndRejectsBrokenOnes) {
   EXPECT_EQ(SteadyMask(r)[3], true);
   EXPECT_EQ(SteadyMask(r)[4], false);
 
+  // Tail bounds against the query: a zero query makes every logit 0.
+  const std::string zero_query(4 * 16 * 4, '\0');
+  v1::SessionResult bounded = r;
+  for (auto& head : *bounded.mutable_heads()) {
+    head.mutable_tail(0)->set_max_logit(0.0f);
+  }
+  auto in_bounds = CheckWaveResult(bounded, p, 0, true, zero_query);
+  EXPECT_TRUE(in_bounds.ok()) << in_bounds.status();
+  EXPECT_FALSE(CheckWaveResult(r, p, 0, true, zero_query).ok())
+      << "max_logit 1.5 > every logit";
+  v1::SessionResult big_den = bounded;
+  big_den.mutable_heads(0)->mutable_tail(0)->set_denominator(22.0f);
+  EXPECT_FALSE(CheckWaveResult(big_den, p, 0, true, zero_query).ok())
+      << "only 26 - 5 tokens can be estimated";
+  v1::SessionResult far_mean = bounded;
+  {
+    const float far = 100.0f;
+    std::memcpy(
+        far_mean.mutable_heads(1)->mutable_tail(0)->mutable_numerator()->data(),
+        &far, 4);
+  }
+  EXPECT_FALSE(CheckWaveResult(far_mean, p, 0, true, zero_query).ok())
+      << "a mean value outside every value";
+
   auto broken = [&](const std::function<void(v1::SessionResult&)>& f) {
     v1::SessionResult b = r;
     f(b);
