@@ -147,8 +147,7 @@ absl::StatusOr<EvalCommand> ParseEvalFlags(
     } else if (name == "out") {
       cmd.out_path = value;
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown flag --", name, " (see --help)"));
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
     }
   }
   if (!cmd.help) RETURN_IF_ERROR(h.Validate());
