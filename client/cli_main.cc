@@ -2,9 +2,10 @@
 //
 //   wavekv [--server=HOST:PORT] [--token=T | --token_file=F] <command>
 //
-// Commands: health, list, show <session>, close <session>, demo. Output is
-// human-readable; errors go to stderr with a non-zero exit status
-// (1: the server or a check failed, 2: bad usage).
+// Commands: health, list, show <session>, close <session>, demo, and eval
+// (the accuracy harness; no server). Output is human-readable; errors go to
+// stderr with a non-zero exit status (1: the server or a check failed, 2: bad
+// usage).
 #include <unistd.h>
 
 #include <cstdio>
@@ -25,6 +26,7 @@
 #include "client/text_table.h"
 #include "client/wavekv_client.h"
 #include "common/status_macros.h"
+#include "index/eval/eval_cli.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:7070",
           "wavekv-server gRPC address, HOST:PORT");
@@ -64,6 +66,8 @@ commands:
   demo               a synthetic long-context session end to end: prefill,
                      decode steps, Retrieve + fetch + attention checked
                      against full attention (Llama-3-8B attention shape)
+  eval [eval flags]  accuracy harness of the wave index on synthetic
+                     contexts (no server; `wavekv eval --help` for flags)
 
 flags:
   --server=HOST:PORT           server address (default 127.0.0.1:7070)
@@ -324,6 +328,12 @@ int Demo(WaveKvClient& client) {
 }
 
 int Main(int argc, char** argv) {
+  // `wavekv eval ...`: the accuracy harness (index/eval), which needs no
+  // server and parses its own flags.
+  if (argc >= 2 && std::string(argv[1]) == "eval") {
+    return eval::RunEvalCommand(std::vector<std::string>(argv + 2, argv + argc),
+                                std::cout, std::cerr);
+  }
   absl::SetProgramUsageMessage(kUsage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) return UsageError("missing command", true);
