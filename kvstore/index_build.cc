@@ -4,8 +4,9 @@
 //
 // One block, for every kv head of the layer:
 //  1. reserve the new cluster slots' bytes in the memory budget;
-//  2. per kv head: copy the block's K/V in token order into a new segment
-//     (short reader locks, a few thousand tokens at a time), cluster it with
+//  2. per kv head, the heads in parallel on the build pool: copy the
+//     block's K/V in token order into a new segment (short reader locks, a
+//     few thousand tokens at a time), cluster it with
 //     WaveIndex::PrepareBlock (no lock), and reorder the segment in place
 //     into the index's cluster-major order;
 //  3. under the layer's writer lock: check that nothing conflicting
@@ -16,6 +17,7 @@
 // segment); both are in the budget, so the transient never exceeds it.
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,6 +29,7 @@
 #include "index/wave_index_params.h"
 #include "kvstore/cluster_store.h"
 #include "kvstore/session.h"
+#include "kvstore/thread_pool.h"
 
 namespace wavekv {
 namespace {
@@ -43,7 +46,8 @@ absl::Status Annotate(const absl::Status& status, absl::string_view what) {
 }  // namespace
 
 Session::BuildReport Session::BuildIndex(uint32_t layer_index,
-                                         MemoryBudget& budget) {
+                                         MemoryBudget& budget,
+                                         ThreadPool& pool) {
   ABSL_RAW_CHECK(layer_index < layers_.size(), "BuildIndex: bad layer");
   Layer& layer = *layers_[layer_index];
   BuildReport report;
@@ -58,7 +62,8 @@ Session::BuildReport Session::BuildIndex(uint32_t layer_index,
     }
     absl::Status status;
     if (!block.empty()) {
-      absl::StatusOr<bool> installed = BuildBlock(layer_index, block, budget);
+      absl::StatusOr<bool> installed =
+          BuildBlock(layer_index, block, budget, pool);
       if (installed.ok() && !*installed) return report;  // closed
       if (installed.ok()) {
         ++report.blocks;
@@ -87,7 +92,8 @@ Session::BuildReport Session::BuildIndex(uint32_t layer_index,
 }
 
 absl::StatusOr<bool> Session::BuildBlock(uint32_t layer_index, TokenSpan block,
-                                         MemoryBudget& budget) {
+                                         MemoryBudget& budget,
+                                         ThreadPool& pool) {
   Layer& layer = *layers_[layer_index];
   const ModelShape& shape = options_.shape;
   const size_t num_heads = shape.num_kv_heads;
@@ -105,30 +111,43 @@ absl::StatusOr<bool> Session::BuildBlock(uint32_t layer_index, TokenSpan block,
   }
   BudgetReservation segments_reserved(budget, num_heads * segment_bytes);
 
-  // 2. Copy, cluster and reorder, head by head, without the writer lock.
-  std::vector<std::shared_ptr<WaveIndex>> indexes(num_heads);
-  std::vector<bool> fresh(num_heads, false);
+  // 2. Copy, cluster and reorder every head without the writer lock, the
+  //    heads in parallel on the build pool (this thread takes part).
+  struct HeadBuild {
+    std::shared_ptr<WaveIndex> index;
+    bool fresh = false;
+    std::optional<ClusterStore::Segment> segment;
+    std::optional<PreparedBlock> prepared;
+    absl::Status status;
+    bool closed = false;
+  };
+  std::vector<HeadBuild> heads(num_heads);
   {
     absl::ReaderMutexLock lock(&layer.mu);
     if (closed_.load(std::memory_order_acquire)) return false;
-    for (size_t h = 0; h < num_heads; ++h) indexes[h] = layer.heads[h].index;
+    for (size_t h = 0; h < num_heads; ++h) {
+      heads[h].index = layer.heads[h].index;
+    }
   }
-  std::vector<ClusterStore::Segment> segments;
-  std::vector<PreparedBlock> prepared;
-  segments.reserve(num_heads);
-  prepared.reserve(num_heads);
-  for (size_t h = 0; h < num_heads; ++h) {
-    if (indexes[h] == nullptr) {
-      indexes[h] = std::make_shared<WaveIndex>(d);
-      fresh[h] = true;
+  pool.ParallelFor(num_heads, [&](size_t h) {
+    HeadBuild& out = heads[h];
+    if (out.index == nullptr) {
+      out.index = std::make_shared<WaveIndex>(d);
+      out.fresh = true;
     }
     absl::StatusOr<ClusterStore::Segment> segment =
-        ClusterStore::Segment::Allocate(indexes[h]->num_slots(), n, row_bytes);
-    if (!segment.ok()) return Annotate(segment.status(), what);
+        ClusterStore::Segment::Allocate(out.index->num_slots(), n, row_bytes);
+    if (!segment.ok()) {
+      out.status = Annotate(segment.status(), what);
+      return;
+    }
     for (uint64_t done = 0; done < n; done += kCopyTokens) {
       const uint64_t m = std::min(kCopyTokens, n - done);
       absl::ReaderMutexLock lock(&layer.mu);
-      if (closed_.load(std::memory_order_acquire)) return false;
+      if (closed_.load(std::memory_order_acquire)) {
+        out.closed = true;
+        return;
+      }
       layer.heads[h].tokens.CopyOut(
           block.begin + done, m, segment->keys() + done * row_bytes,
           segment->values() + done * row_bytes, nullptr);
@@ -137,21 +156,28 @@ absl::StatusOr<bool> Session::BuildBlock(uint32_t layer_index, TokenSpan block,
                       segment->values(), row_bytes};
     // The index is read without the layer lock: only this build changes
     // it, and it does so under the writer lock below.
-    absl::StatusOr<PreparedBlock> block_clusters =
-        indexes[h]->PrepareBlock(params_, block.begin, rows, /*threads=*/1);
-    if (!block_clusters.ok()) {
-      return Annotate(block_clusters.status(),
-                      absl::StrCat(what, ", kv head ", h));
+    absl::StatusOr<PreparedBlock> prepared =
+        out.index->PrepareBlock(params_, block.begin, rows, /*threads=*/1);
+    if (!prepared.ok()) {
+      out.status =
+          Annotate(prepared.status(), absl::StrCat(what, ", kv head ", h));
+      return;
     }
     std::vector<uint64_t> source(n);
     for (uint64_t i = 0; i < n; ++i) {
-      source[i] = block_clusters->slot_tokens[i] - block.begin;
+      source[i] = prepared->slot_tokens[i] - block.begin;
     }
     segment->Permute(source);
-    std::copy(block_clusters->slot_tokens.begin(),
-              block_clusters->slot_tokens.end(), segment->positions());
-    segments.push_back(*std::move(segment));
-    prepared.push_back(*std::move(block_clusters));
+    std::copy(prepared->slot_tokens.begin(), prepared->slot_tokens.end(),
+              segment->positions());
+    out.segment.emplace(*std::move(segment));
+    out.prepared.emplace(*std::move(prepared));
+  });
+  for (const HeadBuild& head : heads) {
+    if (head.closed) return false;
+  }
+  for (const HeadBuild& head : heads) {
+    if (!head.status.ok()) return head.status;
   }
 
   // 3. Install, under the writer lock.
@@ -168,17 +194,19 @@ absl::StatusOr<bool> Session::BuildBlock(uint32_t layer_index, TokenSpan block,
   uint64_t predicted = 0;
   for (size_t h = 0; h < num_heads; ++h) {
     const HeadStore& head = layer.heads[h];
+    const HeadBuild& built = heads[h];
     const bool same_index =
-        fresh[h] ? head.index == nullptr : head.index == indexes[h];
-    if (!same_index || head.clusters.num_slots() != segments[h].first_slot() ||
+        built.fresh ? head.index == nullptr : head.index == built.index;
+    if (!same_index ||
+        head.clusters.num_slots() != built.segment->first_slot() ||
         !head.tokens.Holds(block.begin, n)) {
       return absl::AbortedError(absl::StrCat(
           what, ", kv head ", h,
           ": the layer's stores changed during the build; retried at the "
           "next append"));
     }
-    predicted += (fresh[h] ? indexes[h]->memory_bytes() : 0) +
-                 indexes[h]->CommitGrowthBytes(prepared[h]);
+    predicted += (built.fresh ? built.index->memory_bytes() : 0) +
+                 built.index->CommitGrowthBytes(*built.prepared);
   }
   if (absl::Status s = budget.TryReserve(predicted); !s.ok()) {
     return Annotate(s, what);
@@ -189,15 +217,16 @@ absl::StatusOr<bool> Session::BuildBlock(uint32_t layer_index, TokenSpan block,
   uint64_t freed = 0;
   for (size_t h = 0; h < num_heads; ++h) {
     HeadStore& head = layer.heads[h];
-    WaveIndex& index = *indexes[h];
-    const uint64_t before = fresh[h] ? 0 : index.memory_bytes();
+    HeadBuild& built = heads[h];
+    WaveIndex& index = *built.index;
+    const uint64_t before = built.fresh ? 0 : index.memory_bytes();
     absl::StatusOr<BlockLayout> layout =
-        index.CommitBlock(std::move(prepared[h]));
+        index.CommitBlock(*std::move(built.prepared));
     // Cannot fail: the index is the one the block was prepared against.
     ABSL_RAW_CHECK(layout.ok(), "BuildBlock: CommitBlock failed");
     grown += index.memory_bytes() - before;
-    if (fresh[h]) head.index = indexes[h];
-    head.clusters.Install(std::move(segments[h]));
+    if (built.fresh) head.index = built.index;
+    head.clusters.Install(*std::move(built.segment));
     freed += head.tokens.DropRange(begin, block.end);
   }
   if (grown < predicted) budget.Release(predicted - grown);

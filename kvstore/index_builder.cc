@@ -25,7 +25,7 @@ void IndexBuilder::Schedule(std::shared_ptr<Session> session, uint32_t layer) {
 
 void IndexBuilder::Run(Session& session, uint32_t layer) {
   const absl::Time start = absl::Now();
-  const Session::BuildReport report = session.BuildIndex(layer, budget_);
+  const Session::BuildReport report = session.BuildIndex(layer, budget_, pool_);
   build_nanos_.fetch_add(
       static_cast<uint64_t>(absl::ToInt64Nanoseconds(absl::Now() - start)),
       std::memory_order_relaxed);

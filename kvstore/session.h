@@ -54,6 +54,7 @@
 #include "kvstore/cluster_store.h"
 #include "kvstore/memory_budget.h"
 #include "kvstore/slot_store.h"
+#include "kvstore/thread_pool.h"
 #include "kvstore/types.h"
 
 namespace wavekv {
@@ -147,9 +148,12 @@ class Session {
   // recorded in the layer (SessionInfo index_state FAILED) and returned;
   // the next Append retries it unless it was InvalidArgument. A session
   // closed meanwhile ends the build quietly.
+  // The layer's kv heads are clustered in parallel on `pool` (the calling
+  // thread takes part; a pool without threads builds them in turn).
   // REQUIRES: `layer` was returned by Append in index_layers and no other
   // BuildIndex of it runs.
-  BuildReport BuildIndex(uint32_t layer, MemoryBudget& budget);
+  BuildReport BuildIndex(uint32_t layer, MemoryBudget& budget,
+                         ThreadPool& pool);
 
   // Holds one layer's reader lock while alive (RAII); view() is valid
   // meanwhile. Move-only; must be destroyed on the thread that made it.
@@ -226,7 +230,7 @@ class Session {
   // One block of BuildIndex: true if it was installed, false if the
   // session was closed meanwhile.
   absl::StatusOr<bool> BuildBlock(uint32_t layer_index, TokenSpan block,
-                                  MemoryBudget& budget);
+                                  MemoryBudget& budget, ThreadPool& pool);
   std::vector<uint64_t> LayerTokens() const;
 
   const std::string id_;
