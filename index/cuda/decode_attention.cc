@@ -74,8 +74,8 @@ absl::Status LaunchDecodeAttention(const DecodeAttentionArgs& args,
   if (splits == 0) {
     const int sms = CurrentDeviceSmCount();
     if (sms < 0) return CudaError(-sms, "cudaDeviceGetAttribute");
-    // Enough blocks for ~2 waves, at least 256 tokens per split.
-    const int64_t by_sm = std::max<int64_t>(1, 2 * sms / args.num_kv_heads);
+    // Enough blocks for a few waves, at least 256 tokens per split.
+    const int64_t by_sm = std::max<int64_t>(1, 8 * sms / args.num_kv_heads);
     const int64_t by_len = std::max<int64_t>(1, args.num_tokens / 256);
     splits =
         static_cast<int>(std::min<int64_t>({by_sm, by_len, args.max_splits}));

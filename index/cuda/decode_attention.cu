@@ -72,11 +72,15 @@ __device__ __forceinline__ float* SplitSlot(float* scratch, int q_head,
   return scratch + (static_cast<int64_t>(q_head) * max_splits + split) * (D + 2);
 }
 
-template <typename T, int D>
+// G: q heads per kv head this instantiation holds (>= the real group).
+// Each thread issues the K and V loads of kUnroll tokens before using them,
+// so several 16-byte loads per thread are in flight.
+template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads)
     SplitKernel(DecodeAttentionArgs a, int num_splits, int64_t chunk) {
-  constexpr int kLanes = D / 8;            // threads per token
+  constexpr int kLanes = D / 8;                  // threads per token
   constexpr int kTokGroups = kThreads / kLanes;  // tokens per block step
+  constexpr int kUnroll = G <= 4 ? 4 : 2;
   const int kv = blockIdx.y;
   const int split = blockIdx.x;
   const int group = a.num_q_heads / a.num_kv_heads;
@@ -85,10 +89,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t begin = split * chunk;
   const int64_t end = min(a.num_tokens, begin + chunk);
 
-  float q[kMaxGroup][8];
-  float m[kMaxGroup], l[kMaxGroup], acc[kMaxGroup][8];
+  float q[G][8];
+  float m[G], l[G], acc[G][8];
 #pragma unroll
-  for (int h = 0; h < kMaxGroup; ++h) {
+  for (int h = 0; h < G; ++h) {
     m[h] = -FLT_MAX;
     l[h] = 0.f;
 #pragma unroll
@@ -106,31 +110,42 @@ __global__ void __launch_bounds__(kThreads)
                       (kv * a.head_stride + lane * 8) * sizeof(T);
   // Every thread runs the same number of iterations: the shuffles below
   // need the whole warp, so a token past `end` loads nothing and is masked.
-  for (int64_t base = begin; base < end; base += kTokGroups) {
-    const int64_t t = base + tg;
-    const bool valid = t < end;
-    float k[8] = {}, v[8] = {};
-    if (valid) {
-      Vec8<T>::Load(kbase + t * a.token_stride * sizeof(T), k);
-      Vec8<T>::Load(vbase + t * a.token_stride * sizeof(T), v);
+  for (int64_t base = begin; base < end; base += kTokGroups * kUnroll) {
+    float k[kUnroll][8], v[kUnroll][8];
+    bool valid[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t t = base + u * kTokGroups + tg;
+      valid[u] = t < end;
+      if (valid[u]) {
+        Vec8<T>::Load(kbase + t * a.token_stride * sizeof(T), k[u]);
+        Vec8<T>::Load(vbase + t * a.token_stride * sizeof(T), v[u]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) k[u][i] = v[u][i] = 0.f;
+      }
     }
 #pragma unroll
-    for (int h = 0; h < kMaxGroup; ++h) {
-      if (h >= group) break;  // uniform across the block
-      float s = 0.f;
+    for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) s += q[h][i] * k[i];
+      for (int h = 0; h < G; ++h) {
+        if (h >= group) break;  // uniform across the block
+        float s = 0.f;
 #pragma unroll
-      for (int off = kLanes / 2; off > 0; off /= 2)
-        s += __shfl_xor_sync(0xffffffffu, s, off, kLanes);
-      if (!valid) continue;
-      const float m_new = fmaxf(m[h], s);
-      const float corr = __expf(m[h] - m_new);
-      const float p = __expf(s - m_new);
-      l[h] = l[h] * corr + p;
+        for (int i = 0; i < 8; ++i) s += q[h][i] * k[u][i];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) acc[h][i] = acc[h][i] * corr + p * v[i];
-      m[h] = m_new;
+        for (int off = kLanes / 2; off > 0; off /= 2)
+          s += __shfl_xor_sync(0xffffffffu, s, off, kLanes);
+        if (!valid[u]) continue;
+        const float m_new = fmaxf(m[h], s);
+        const float corr = __expf(m[h] - m_new);
+        const float p = __expf(s - m_new);
+        l[h] = l[h] * corr + p;
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          acc[h][i] = acc[h][i] * corr + p * v[u][i];
+        m[h] = m_new;
+      }
     }
   }
 
@@ -139,7 +154,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float s_l[kTokGroups];
   __shared__ float s_acc[kTokGroups][D];
 #pragma unroll
-  for (int h = 0; h < kMaxGroup; ++h) {
+  for (int h = 0; h < G; ++h) {
     if (h >= group) break;  // uniform across the block
     if (lane == 0) {
       s_m[tg] = m[h];
@@ -199,9 +214,19 @@ __global__ void MergeKernel(DecodeAttentionArgs a, int num_splits) {
 template <typename T, int D>
 int Launch(const DecodeAttentionArgs& a, int num_splits, cudaStream_t stream) {
   const int64_t chunk = (a.num_tokens + num_splits - 1) / num_splits;
+  const int64_t c = chunk > 0 ? chunk : 1;
   dim3 grid(num_splits, a.num_kv_heads);
-  SplitKernel<T, D><<<grid, kThreads, 0, stream>>>(a, num_splits,
-                                                   chunk > 0 ? chunk : 1);
+  const int group = a.num_q_heads / a.num_kv_heads;
+  if (group <= 1) {
+    SplitKernel<T, D, 1><<<grid, kThreads, 0, stream>>>(a, num_splits, c);
+  } else if (group <= 2) {
+    SplitKernel<T, D, 2><<<grid, kThreads, 0, stream>>>(a, num_splits, c);
+  } else if (group <= 4) {
+    SplitKernel<T, D, 4><<<grid, kThreads, 0, stream>>>(a, num_splits, c);
+  } else {
+    SplitKernel<T, D, kMaxGroup><<<grid, kThreads, 0, stream>>>(a, num_splits,
+                                                                c);
+  }
   MergeKernel<D><<<a.num_q_heads, D < 128 ? D : 128, 0, stream>>>(a,
                                                                   num_splits);
   return static_cast<int>(cudaGetLastError());

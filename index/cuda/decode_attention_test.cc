@@ -22,6 +22,8 @@ struct Case {
   DType dtype;
   int head_dim;
   int64_t num_tokens;
+  int q_heads = 8;
+  int kv_heads = 2;
 };
 
 class DecodeAttentionTest : public ::testing::TestWithParam<Case> {
@@ -42,7 +44,7 @@ T* DeviceCopy(const void* host, size_t bytes) {
 
 TEST_P(DecodeAttentionTest, MatchesCpuReference) {
   const Case c = GetParam();
-  const int q_heads = 8, kv_heads = 2, d = c.head_dim;
+  const int q_heads = c.q_heads, kv_heads = c.kv_heads, d = c.head_dim;
   const int64_t n = c.num_tokens;
   const size_t elem = DTypeBytes(c.dtype);
   std::mt19937 rng(1234 + d + n);
@@ -131,6 +133,10 @@ std::vector<Case> AllCases() {
   for (DType t : {DType::kFp16, DType::kBf16, DType::kFp32}) {
     for (int d : {64, 128, 256}) {
       for (int64_t n : {0, 1, 7, 255, 1000, 20000}) cases.push_back({t, d, n});
+      // GQA groups of 1, 3 (runs in the 4-wide instantiation) and 8.
+      cases.push_back({t, d, 3000, 8, 8});
+      cases.push_back({t, d, 3000, 6, 2});
+      cases.push_back({t, d, 3000, 16, 2});
     }
   }
   return cases;
