@@ -15,6 +15,22 @@ prometheus::Gauge& AddGauge(prometheus::Registry& registry,
       {});
 }
 
+prometheus::Counter& AddCounter(prometheus::Registry& registry,
+                                const std::string& name,
+                                const std::string& help) {
+  return prometheus::BuildCounter()
+      .Name(name)
+      .Help(help)
+      .Register(registry)
+      .Add({});
+}
+
+// Raises `counter` to the engine's running `total` (never lowers it).
+void FollowTotal(prometheus::Counter& counter, double total) {
+  const double delta = total - counter.Value();
+  if (delta > 0) counter.Increment(delta);
+}
+
 std::string MethodLabel(size_t i) {
   return std::string(RpcMethodName(static_cast<RpcMethod>(i)));
 }
@@ -65,6 +81,20 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry)
       tokens_(AddGauge(registry, "wavekv_tokens",
                        "Tokens stored: sum over sessions of tokens times "
                        "layers.")),
+      indexed_tokens_(AddGauge(registry, "wavekv_indexed_tokens",
+                               "Tokens covered by wave indexes: sum over "
+                               "sessions and layers.")),
+      index_pending_layers_(
+          AddGauge(registry, "wavekv_index_pending_layers",
+                   "(session, layer) index builds queued or running.")),
+      index_builds_(AddCounter(registry, "wavekv_index_builds_total",
+                               "Wave-index blocks clustered and installed.")),
+      index_build_failures_(AddCounter(registry,
+                                       "wavekv_index_build_failures_total",
+                                       "Wave-index builds that failed.")),
+      index_build_seconds_(AddCounter(registry,
+                                      "wavekv_index_build_seconds_total",
+                                      "Seconds spent building wave indexes.")),
       up_(AddGauge(registry, "wavekv_up",
                    "1 while the server accepts RPCs, 0 while draining.")) {
   auto& latency = prometheus::BuildHistogram()
@@ -128,6 +158,13 @@ void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   memory_bytes_.Set(static_cast<double>(stats.memory_bytes));
   memory_budget_bytes_.Set(static_cast<double>(stats.memory_budget_bytes));
   tokens_.Set(static_cast<double>(stats.tokens));
+  indexed_tokens_.Set(static_cast<double>(stats.indexed_tokens));
+  index_pending_layers_.Set(static_cast<double>(stats.index_pending_layers));
+  absl::MutexLock lock(&engine_counters_mu_);
+  FollowTotal(index_builds_, static_cast<double>(stats.index_builds));
+  FollowTotal(index_build_failures_,
+              static_cast<double>(stats.index_build_failures));
+  FollowTotal(index_build_seconds_, stats.index_build_seconds_total);
 }
 
 void ServerMetrics::SetUp(bool up) { up_.Set(up ? 1.0 : 0.0); }

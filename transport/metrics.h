@@ -7,7 +7,10 @@
 //   wavekv_rpc_received_bytes_total{method}     counter (request messages)
 //   wavekv_rpc_sent_bytes_total{method}         counter (response messages)
 //   wavekv_sessions, wavekv_memory_bytes, wavekv_memory_budget_bytes,
-//   wavekv_tokens                               gauges from Engine::Stats()
+//   wavekv_tokens, wavekv_indexed_tokens,
+//   wavekv_index_pending_layers                 gauges from Engine::Stats()
+//   wavekv_index_builds_total, wavekv_index_build_failures_total,
+//   wavekv_index_build_seconds_total            counters from Engine::Stats()
 //   wavekv_up                                   gauge, 1 while serving
 //
 // Engine gauges are refreshed at scrape time: expose a
@@ -25,8 +28,10 @@
 #include <memory>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "kvstore/engine.h"
 #include "prometheus/collectable.h"
@@ -92,6 +97,15 @@ class ServerMetrics {
   prometheus::Gauge& memory_bytes_;
   prometheus::Gauge& memory_budget_bytes_;
   prometheus::Gauge& tokens_;
+  prometheus::Gauge& indexed_tokens_;
+  prometheus::Gauge& index_pending_layers_;
+  // Follow the engine's totals (incremented by the difference).
+  absl::Mutex engine_counters_mu_;
+  prometheus::Counter& index_builds_ ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& index_build_failures_
+      ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& index_build_seconds_
+      ABSL_GUARDED_BY(engine_counters_mu_);
   prometheus::Gauge& up_;
 };
 

@@ -75,6 +75,11 @@ TEST(MetricsTest, RefreshingCollectableCopiesEngineStatsAtScrape) {
     stats.memory_bytes = 1 << 20;
     stats.memory_budget_bytes = 8ull << 30;
     stats.tokens = 4096 * scrapes;
+    stats.indexed_tokens = 1000 * scrapes;
+    stats.index_pending_layers = 2;
+    stats.index_builds = 5 * scrapes;
+    stats.index_build_failures = 1;
+    stats.index_build_seconds_total = 0.5 * scrapes;
     metrics.SetEngineStats(stats);
   });
   std::vector<std::string> lines = Lines(RenderMetricsText(exposed));
@@ -84,8 +89,18 @@ TEST(MetricsTest, RefreshingCollectableCopiesEngineStatsAtScrape) {
   EXPECT_THAT(lines, Contains("wavekv_memory_budget_bytes 8589934592"));
   EXPECT_THAT(lines, Contains("wavekv_tokens 4096"));
   EXPECT_THAT(lines, Contains("wavekv_up 1"));
+  EXPECT_THAT(lines, Contains("wavekv_indexed_tokens 1000"));
+  EXPECT_THAT(lines, Contains("wavekv_index_pending_layers 2"));
+  EXPECT_THAT(lines, Contains("# TYPE wavekv_index_builds_total counter"));
+  EXPECT_THAT(lines, Contains("wavekv_index_builds_total 5"));
+  EXPECT_THAT(lines, Contains("wavekv_index_build_failures_total 1"));
+  EXPECT_THAT(lines, Contains("wavekv_index_build_seconds_total 0.5"));
   lines = Lines(RenderMetricsText(exposed));
   EXPECT_THAT(lines, Contains("wavekv_tokens 8192"));
+  // Counters follow the engine's totals.
+  EXPECT_THAT(lines, Contains("wavekv_index_builds_total 10"));
+  EXPECT_THAT(lines, Contains("wavekv_index_build_failures_total 1"));
+  EXPECT_THAT(lines, Contains("wavekv_index_build_seconds_total 1"));
   metrics.SetUp(false);
   EXPECT_THAT(Lines(RenderMetricsText(exposed)), Contains("wavekv_up 0"));
 }
