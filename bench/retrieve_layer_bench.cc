@@ -26,7 +26,9 @@
 // Between two reads of one session's layer a decode step reads the other
 // layers, so the benchmark rotates over pools of distinct sessions (at
 // least 128 MiB of index data, 4x the last-level cache, where memory allows)
-// and does not re-read a layer warm from the cache.
+// and does not re-read a layer warm from the cache. Pools are capped at
+// 2 GiB (index: 3 sessions at 1M; K/V: 1 session at 512K and 1M); a batch
+// larger than its pool reads the same sessions again, still cold.
 //
 //   bazel run -c opt //bench:retrieve_layer_bench -- --benchmark_min_time=0.1
 //
@@ -64,8 +66,8 @@ constexpr uint64_t kMiB = uint64_t{1} << 20;
 struct Config {
   std::vector<uint64_t> contexts = {8192, 32768, 131072, 524288, 1048576};
   std::vector<uint64_t> batches = {1, 4, 16};
-  // exact runs where batch x context <= this (about 0.5 s per 1M tokens of
-  // one layer on this box).
+  // exact runs where batch x context <= this (about 1 s of one core per
+  // 1M tokens of one layer on the build box).
   uint64_t exact_max_tokens = uint64_t{2} << 20;
   // engine runs where context <= engine_max_context and batch x context <=
   // engine_max_tokens (one 128K session's k-means build takes about 1 min
