@@ -60,9 +60,12 @@ struct EngineOptions {
   uint64_t max_inline_kv_bytes = 16ull << 20;
   // Retrieve batch limit (sessions per call). 1..4096.
   uint32_t max_batch_sessions = 256;
-  // Threads that build wave indexes in the background, each one (session,
-  // layer) at a time. 0 builds synchronously inside Append (the call
-  // returns with the index caught up; deterministic, for tests). 0..64.
+  // Threads that build wave indexes in the background: a build job is one
+  // (session, layer), whose kv heads are clustered in parallel on the same
+  // threads. A job clusters everything that waits when it starts (so under
+  // load, prefill chunks coalesce into fewer, larger blocks). 0 builds
+  // synchronously inside Append: the call returns with the index caught up,
+  // one block per qualifying Append (deterministic, for tests). 0..64.
   uint32_t index_threads = 2;
   // Worker threads that, with the calling thread, split one Retrieve batch
   // across (session, kv head). 0 = the calling thread alone. 0..256.
