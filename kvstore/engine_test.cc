@@ -36,6 +36,7 @@ EngineOptions SmallEngineOptions() {
   o.max_tokens_per_session = 8192;
   o.max_inline_kv_bytes = 64 << 10;
   o.max_batch_sessions = 4;
+  o.index_threads = 0;
   return o;
 }
 
@@ -43,6 +44,10 @@ SessionOptions Fp32Options() {
   SessionOptions o;
   o.shape = {kLayers, kQHeads, kKvHeads, kHeadDim, DType::kFp32};
   o.label = "test";
+  // These tests cover the token-order store: no wave index (the recent
+  // window holds every token; the bytes are not meant as finite floats).
+  // wave_*_test cover indexing.
+  o.index.recent_tokens = 65536;
   return o;
 }
 

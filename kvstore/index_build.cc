@@ -38,6 +38,22 @@ namespace {
 // long behind a build.
 constexpr uint64_t kCopyTokens = 4096;
 
+// A block is at most this many segments (64K tokens at the default 8K
+// segments). A block's final k-means assignment is against all of its
+// centroids, so its cost grows with the square of its length; bounded
+// blocks keep the build linear in the context (and bound its transient
+// memory) when a long prefill arrives faster than it is indexed.
+constexpr uint64_t kMaxBlockSegments = 8;
+
+// NextIndexBlock, cut to at most kMaxBlockSegments segments.
+TokenSpan NextBoundedBlock(const WaveIndexParams& params, uint64_t num_tokens,
+                           uint64_t indexed_end) {
+  TokenSpan block = NextIndexBlock(params, num_tokens, indexed_end);
+  const uint64_t max_tokens = kMaxBlockSegments * params.segment_tokens;
+  if (block.num_tokens() > max_tokens) block.end = block.begin + max_tokens;
+  return block;
+}
+
 absl::Status Annotate(const absl::Status& status, absl::string_view what) {
   return absl::Status(status.code(),
                       absl::StrCat(what, ": ", status.message()));
@@ -56,9 +72,9 @@ Session::BuildReport Session::BuildIndex(uint32_t layer_index,
     {
       absl::ReaderMutexLock lock(&layer.mu);
       if (closed_.load(std::memory_order_acquire)) return report;
-      block = NextIndexBlock(params_,
-                             layer.num_tokens.load(std::memory_order_relaxed),
-                             layer.indexed.end);
+      block = NextBoundedBlock(params_,
+                               layer.num_tokens.load(std::memory_order_relaxed),
+                               layer.indexed.end);
     }
     absl::Status status;
     if (!block.empty()) {

@@ -218,6 +218,16 @@ TEST(EngineOptionsTest, DefaultsValidAndEachFieldChecked) {
   o = {};
   o.max_inline_kv_bytes = 0;  // >= 0: inline K/V disabled
   EXPECT_TRUE(o.Validate().ok());
+  o = {};
+  EXPECT_EQ(o.index_threads, 2u);
+  o.index_threads = 0;  // synchronous builds
+  o.retrieve_threads = 0;
+  EXPECT_TRUE(o.Validate().ok());
+  o.index_threads = 65;
+  ExpectInvalid(o.Validate(), "index_threads: 65 is out of range 0..64");
+  o = {};
+  o.retrieve_threads = 257;
+  ExpectInvalid(o.Validate(), "retrieve_threads: 257 is out of range 0..256");
 }
 
 }  // namespace

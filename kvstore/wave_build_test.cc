@@ -214,5 +214,31 @@ TEST(WaveBuildTest, DecodeUpdatesAddClustersEveryUpdateTokens) {
   EXPECT_GE(layout.rbegin()->first, clusters - 4);
 }
 
+// A long prefill is indexed in blocks of at most 8 segments (the build's
+// cost grows with the square of a block), the last one taking the rest.
+TEST(WaveBuildTest, LongPrefillsAreIndexedInBoundedBlocks) {
+  const ModelShape shape{1, 2, 1, 32, DType::kFp16};
+  IndexOptions index;
+  index.sink_tokens = 4;
+  index.recent_tokens = 32;
+  index.update_tokens = 64;
+  index.cluster_size = 16;
+  index.segment_tokens = 64;  // blocks of at most 512 tokens
+  const TestKv kv(shape, 2000, 8);
+  auto engine = OpenEngine(0);
+  const std::string id = Create(*engine, shape, index);
+  ASSERT_TRUE(kv.Append(*engine, kTenant, id, 0, 2000).ok());
+  // [4, 516), [516, 1028), [1028, 1540), [1540, 1968).
+  EXPECT_EQ(engine->Stats().index_builds, 4u);
+  auto info = engine->GetSession(kTenant, id);
+  EXPECT_EQ(info->layer_indexed_tokens[0], 1964u);
+  EXPECT_EQ(info->index_state, IndexState::kReady);
+  const std::vector<float> q = kv.Query(0, 3);
+  const SessionResult r = Wave(*engine, id, 0, q);
+  EXPECT_EQ(r.indexed_tokens, 1964u);
+  auto out = ClientOutput(*engine, kTenant, 0, kv, r, q);
+  ASSERT_TRUE(out.ok()) << out.status();
+}
+
 }  // namespace
 }  // namespace wavekv
