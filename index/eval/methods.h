@@ -15,8 +15,9 @@
 //   random        the wave index's clusters in a random (seeded) order, plus
 //                 the steady zone, to the budget.
 //   oracle        (reference, not a baseline) the budget's tokens with the
-//                 largest exact softmax scores: the best any exact-set
-//                 method could do at that budget.
+//                 largest exact softmax probability summed over the group:
+//                 the most softmax mass an exact set of that size can hold
+//                 (it needs the full attention it approximates).
 //
 // Budget: the number of exactly attended tokens of wave (steady + retrieval
 // zone) for the same query group. Page- and cluster-granular methods take

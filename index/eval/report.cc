@@ -61,8 +61,10 @@ std::string RenderMarkdown(const EvalReport& report) {
       "method attends exactly (at least) as many tokens as WAVE's steady + "
       "retrieval zone on the same probe; quest uses %d-token pages plus the "
       "same steady zone; random takes the same clusters in random order plus "
-      "the steady zone; oracle (reference, not a baseline) is the best exact "
-      "set of that size. Selection is per GQA group.\n\n",
+      "the steady zone; oracle (a reference, not a baseline: it needs the full "
+      "attention) takes the tokens of most exact softmax mass. Selection is "
+      "per GQA group; select ms is the CPU time to pick the set (wave: "
+      "ranking + zones + tail statistics).\n\n",
       p.sink_tokens, p.recent_tokens, p.cluster_size, p.segment_tokens,
       p.retrieval_fraction, p.estimation_fraction, o.methods.quest_page_tokens);
 
