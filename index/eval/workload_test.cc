@@ -184,7 +184,7 @@ TEST(WorkloadTest, KnownAnswersNeedlePositionsAndProbes) {
 
 TEST(WorkloadTest, CalibratedSinkAndNeedleMass) {
   for (uint32_t dim : {64u, 128u}) {
-    WorkloadOptions o = Small(16384, dim);
+    WorkloadOptions o = Small(8192, dim);
     auto w = Workload::Generate(o, 2);
     ASSERT_TRUE(w.ok()) << w.status();
     const size_t d = w->head_dim();
