@@ -336,11 +336,11 @@ class WaveConcurrencyTest : public ::testing::Test {
 
 TEST_F(WaveConcurrencyTest, AppendsBuildsRetrievesAndFetchesRace) {
   std::vector<std::thread> readers;
-  for (int r = 0; r < kReaders; ++r) readers.emplace_back([=] { Reader(r); });
+  for (int r = 0; r < kReaders; ++r) readers.emplace_back([this, r] { Reader(r); });
   std::thread poller([this] { Poller(); });
   std::vector<std::thread> appenders;
   for (int a = 0; a < kAppenders; ++a) {
-    appenders.emplace_back([=] { Appender(a); });
+    appenders.emplace_back([this, a] { Appender(a); });
   }
   for (std::thread& t : appenders) t.join();
   done_.store(true);

@@ -1,8 +1,8 @@
 // Measures the engine's wave-index path end to end: prefill appends, the
 // background index build until READY, and WAVE Retrieve latency per layer.
 //
-//   bazel run -c opt //kvstore:wave_engine_probe -- \
-//       --tokens=32768 --layers=4 --kv_heads=8 --q_heads=32 --head_dim=128 \
+//   bazel run -c opt //kvstore:wave_engine_probe --
+//       --tokens=32768 --layers=4 --kv_heads=8 --q_heads=32 --head_dim=128
 //       --index_threads=2
 //
 // Prints one table row per setting; the numbers are wall-clock on this

@@ -265,7 +265,9 @@ TEST(WaveShortContextTest, EverythingSteadyNoClusters) {
     const std::string id = Create(*engine, shape);
     uint64_t at = 0;
     for (uint64_t n : {0u, 10u, 68u, 500u, 1091u}) {
-      if (n > at) ASSERT_TRUE(kv.Append(*engine, kTenant, id, at, n).ok());
+      if (n > at) {
+        ASSERT_TRUE(kv.Append(*engine, kTenant, id, at, n).ok());
+      }
       at = n;
       const std::vector<float> q = kv.Query(0, n);
       auto wave = RetrieveOne(*engine, id, 0, q, RetrieveMode::kWave);
