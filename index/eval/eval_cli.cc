@@ -35,6 +35,8 @@ flags (--name=value):
   --sink_mass=0.3         softmax share of the sink token(s)
   --query_gain=1          gain of the background (topic) query part
   --methods=wave,wave-no-tail,streaming,quest,random,oracle
+  --max_block_segments=0  index the prefill in blocks of at most this many
+                          segments (0: one block; kvstore's engine uses 8)
   --threads=N             default: the machine's cores
   --out=FILE              also write the report to FILE
 )";
@@ -142,6 +144,9 @@ absl::StatusOr<EvalCommand> ParseEvalFlags(
         ASSIGN_OR_RETURN(Method m, ParseMethod(std::string(part)));
         h.method_list.push_back(m);
       }
+    } else if (name == "max_block_segments") {
+      ASSIGN_OR_RETURN(h.methods.max_block_segments,
+                       ParseUint<uint32_t>(name, value));
     } else if (name == "threads") {
       ASSIGN_OR_RETURN(h.num_threads, ParseUint<int>(name, value));
     } else if (name == "out") {

@@ -72,6 +72,11 @@ absl::Status MethodsOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("methods.num_threads: must be >= 1, got ", num_threads));
   }
+  if (max_block_segments > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("methods.max_block_segments: must be in [0, 1024], got ",
+                     max_block_segments));
+  }
   return absl::OkStatus();
 }
 
@@ -87,8 +92,15 @@ absl::StatusOr<MethodSuite> MethodSuite::Build(const Workload& workload,
   const uint64_t n = workload.num_tokens();
 
   auto start = std::chrono::steady_clock::now();
-  const TokenSpan block = NextIndexBlock(options.index, n, 0);
-  if (!block.empty()) {
+  const uint64_t max_tokens =
+      uint64_t{options.max_block_segments} * options.index.segment_tokens;
+  while (true) {
+    TokenSpan block =
+        NextIndexBlock(options.index, n, suite.index_.end_token());
+    if (block.empty()) break;
+    if (max_tokens > 0 && block.num_tokens() > max_tokens) {
+      block.end = block.begin + max_tokens;
+    }
     const KvRows rows{DType::kFp32,
                       d,
                       block.num_tokens(),
@@ -97,10 +109,10 @@ absl::StatusOr<MethodSuite> MethodSuite::Build(const Workload& workload,
                       reinterpret_cast<const uint8_t*>(
                           workload.values().data() + block.begin * d),
                       0};
-    ASSIGN_OR_RETURN(BlockLayout layout,
-                     suite.index_.AddBlock(options.index, block.begin, rows,
-                                           options.num_threads));
-    (void)layout;
+    RETURN_IF_ERROR(
+        suite.index_
+            .AddBlock(options.index, block.begin, rows, options.num_threads)
+            .status());
   }
   suite.index_build_seconds_ = SecondsSince(start);
   for (const TokenSpan& s : SteadySpans(n, suite.index_.indexed_span())) {

@@ -182,6 +182,50 @@ TEST_F(MethodsTest, RandomClustersAreSeededWholeClustersToTheBudget) {
   }
 }
 
+TEST(MethodSuiteTest, PrefillInBoundedBlocks) {
+  WorkloadOptions o;
+  o.num_tokens = 20480;
+  o.head_dim = 64;
+  o.needle_depths = {50};
+  auto w = Workload::Generate(o, 2);
+  ASSERT_TRUE(w.ok()) << w.status();
+  MethodsOptions one, bounded;
+  bounded.max_block_segments = 1;
+  auto a = MethodSuite::Build(*w, one);
+  auto b = MethodSuite::Build(*w, bounded);
+  ASSERT_TRUE(a.ok() && b.ok());
+  // Same indexed span: [sinks, n - recent).
+  EXPECT_EQ(a->index().indexed_span(), b->index().indexed_span());
+  EXPECT_EQ(b->index().indexed_span().end, o.num_tokens - 64);
+  // Blocks of one 8192-token segment: every cluster lies inside its block.
+  const auto slots = b->index().slot_tokens();
+  for (ClusterId c = 0; c < b->index().num_clusters(); ++c) {
+    const uint64_t begin = b->index().cluster_offset(c);
+    for (uint64_t s = begin; s < begin + b->index().cluster_size(c); ++s) {
+      ASSERT_EQ((slots[s] - 4) / 8192, (slots[begin] - 4) / 8192) << c;
+    }
+  }
+  // With one block, some clusters take keys from several segments (the
+  // final pass assigns every key against all centroids).
+  const TokenSpan span = a->index().indexed_span();
+  const std::vector<SegmentPlan> segs =
+      PlanSegments(WaveIndexParams(), span.num_tokens());
+  ASSERT_EQ(segs.size(), 2u);
+  auto segment_of = [&](uint64_t t) { return t - span.begin < segs[0].end; };
+  const auto slots_a = a->index().slot_tokens();
+  bool crosses = false;
+  for (ClusterId c = 0; c < a->index().num_clusters(); ++c) {
+    const uint64_t begin = a->index().cluster_offset(c);
+    for (uint64_t s = begin; s < begin + a->index().cluster_size(c); ++s) {
+      crosses = crosses || segment_of(slots_a[s]) != segment_of(slots_a[begin]);
+    }
+  }
+  EXPECT_TRUE(crosses);
+  bounded.max_block_segments = 2000;
+  EXPECT_NE(bounded.Validate().message().find("max_block_segments"),
+            std::string::npos);
+}
+
 TEST(TopTokensTest, PicksTheHighestScoresTiesToLowerPositions) {
   const std::vector<double> scores = {0.1, 0.5, 0.5, 0.9, 0.0, 0.5};
   EXPECT_EQ(MethodSuite::TopTokens(scores, 3).tokens,

@@ -57,7 +57,8 @@ std::string RenderMarkdown(const EvalReport& report) {
   absl::StrAppendFormat(
       &out,
       "WAVE: sinks %d + recent %d exact, clusters of ~%d tokens in segments "
-      "of %d, retrieval %g / estimation %g of the clusters. Budget: every "
+      "of %d (prefill indexed %s), retrieval %g / estimation %g of the "
+      "clusters. Budget: every "
       "method attends exactly (at least) as many tokens as WAVE's steady + "
       "retrieval zone on the same probe; quest uses %d-token pages plus the "
       "same steady zone; random takes the same clusters in random order plus "
@@ -66,6 +67,10 @@ std::string RenderMarkdown(const EvalReport& report) {
       "per GQA group; select ms is the CPU time to pick the set (wave: "
       "ranking + zones + tail statistics).\n\n",
       p.sink_tokens, p.recent_tokens, p.cluster_size, p.segment_tokens,
+      o.methods.max_block_segments == 0
+          ? std::string("in one block")
+          : absl::StrCat("in blocks of <= ", o.methods.max_block_segments,
+                         " segments"),
       p.retrieval_fraction, p.estimation_fraction, o.methods.quest_page_tokens);
 
   out += Row({"context", "method", "exact tokens", "rel. L2 error (all)",
