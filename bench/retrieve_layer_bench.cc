@@ -56,6 +56,7 @@
 #include "index/retrieval.h"
 #include "index/wave_index.h"
 #include "kvstore/engine.h"
+#include "kvstore/thread_pool.h"
 
 namespace wavekv::bench {
 namespace {
@@ -104,7 +105,7 @@ class Env {
         queries_(MakeQueries(config.MaxBatch())) {}
 
   const Config& config() const { return config_; }
-  ForkJoinPool& pool() { return pool_; }
+  ThreadPool& pool() { return pool_; }
   absl::Span<const float> group_queries(size_t slot, uint32_t h) const {
     return absl::MakeConstSpan(queries_[slot])
         .subspan(size_t{h} * kGroup * kHeadDim, kGroup * kHeadDim);
@@ -166,7 +167,7 @@ class Env {
   }
 
   const Config config_;
-  ForkJoinPool pool_;
+  ThreadPool pool_;                                // the engine's retrieve pool
   const std::vector<std::vector<float>> queries_;  // [batch slot]
   std::unique_ptr<IndexPool> indexes_;
   std::unique_ptr<Rotation> index_rotation_;
@@ -515,7 +516,7 @@ int main(int argc, char** argv) {
   wavekv::bench::Register(config, env);
   wavekv::bench::SummaryReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
-  reporter.PrintSummary(env.pool().num_workers() + 1);
+  reporter.PrintSummary(env.pool().num_threads() + 1);
   benchmark::Shutdown();
   return 0;
 }

@@ -48,31 +48,6 @@ inline constexpr uint32_t kHeadDim = 128;
 inline constexpr DType kDType = DType::kFp16;
 ModelShape LayerShape();  // one layer of the shape above
 
-// Runs fn(0) .. fn(n - 1) on the calling thread and `num_workers` persistent
-// workers, each index once, handing out indexes one at a time; the same
-// scheme as the engine's retrieve pool (kvstore/thread_pool.h), which is
-// internal to kvstore. Thread-safe.
-class ForkJoinPool {
- public:
-  explicit ForkJoinPool(int num_workers);
-  ~ForkJoinPool();
-  ForkJoinPool(const ForkJoinPool&) = delete;
-  ForkJoinPool& operator=(const ForkJoinPool&) = delete;
-
-  void ParallelFor(size_t n, absl::FunctionRef<void(size_t)> fn);
-  int num_workers() const { return static_cast<int>(workers_.size()); }
-
- private:
-  struct Job;
-  void WorkerLoop();
-
-  absl::Mutex mu_;
-  std::shared_ptr<Job> job_ ABSL_GUARDED_BY(mu_);
-  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::thread> workers_;
-};
-
 // Round-robin choice of `batch` distinct pool members per step.
 class Rotation {
  public:
