@@ -193,12 +193,9 @@ class BadInputTest : public ::testing::Test {
 
   // An EXACT Retrieve of the victim at `layer` (for slot ranges/epochs).
   v1::SessionResult ExactVictim(uint32_t layer) {
-    v1::RetrieveRequest request;
-    request.set_layer(layer);
-    request.set_mode(v1::RETRIEVE_MODE_EXACT);
-    v1::SessionQuery* q = request.add_queries();
-    q->set_session_id(victim_);
-    q->set_query(victim_pattern_.Query(layer, 0));
+    v1::RetrieveRequest request =
+        RetrieveRequestFor(layer, v1::RETRIEVE_MODE_EXACT, false);
+    AddQuery(request, victim_, victim_pattern_.Query(layer, 0));
     auto r = CallRetrieve(stub(), kAlice, request);
     EXPECT_TRUE(r.ok()) << StatusText(r.status);
     return r.ok() ? r.response.results(0) : v1::SessionResult();
@@ -824,11 +821,9 @@ TEST_F(BadInputTest, EveryRpcNeedsAKnownBearerToken) {
        }},
       {"Retrieve",
        [&](const std::string& t) {
-         v1::RetrieveRequest r;
-         r.set_mode(v1::RETRIEVE_MODE_EXACT);
-         v1::SessionQuery* q = r.add_queries();
-         q->set_session_id(victim_);
-         q->set_query(p.Query(0, 0));
+         v1::RetrieveRequest r =
+             RetrieveRequestFor(0, v1::RETRIEVE_MODE_EXACT, false);
+         AddQuery(r, victim_, p.Query(0, 0));
          return CallRetrieve(stub(), t, r).status;
        }},
       {"FetchClusters",

@@ -488,13 +488,9 @@ TEST_F(ConcurrencyTest, ReadersSeeExactlyWhatWritersAppendedUnderChurn) {
   for (const auto& s : live) {
     const uint64_t n = s->committed.load();
     for (uint32_t layer = 0; layer < s->pattern.shape().num_layers(); ++layer) {
-      v1::RetrieveRequest request;
-      request.set_layer(layer);
-      request.set_mode(v1::RETRIEVE_MODE_EXACT);
-      request.set_include_kv(true);
-      v1::SessionQuery* q = request.add_queries();
-      q->set_session_id(s->id);
-      q->set_query(s->pattern.Query(layer, 0));
+      v1::RetrieveRequest request =
+          RetrieveRequestFor(layer, v1::RETRIEVE_MODE_EXACT, true);
+      AddQuery(request, s->id, s->pattern.Query(layer, 0));
       auto r = CallRetrieve(*stub, kNoToken, request);
       ASSERT_TRUE(r.ok()) << StatusText(r.status);
       EXPECT_EQ(r.response.results(0).num_tokens(), n) << s->id;
@@ -524,11 +520,9 @@ TEST_F(ConcurrencyTest, CloseWhileAFetchStreamIsPaused) {
     const std::string id = created.response.session().session_id();
     const uint64_t n = 2048;  // 8 MiB of K+V
     ASSERT_TRUE(AppendTokens(*stub, kNoToken, id, pattern, 0, n, 512).ok());
-    v1::RetrieveRequest retrieve;
-    retrieve.set_mode(v1::RETRIEVE_MODE_EXACT);
-    v1::SessionQuery* q = retrieve.add_queries();
-    q->set_session_id(id);
-    q->set_query(pattern.Query(0, 0));
+    v1::RetrieveRequest retrieve =
+        RetrieveRequestFor(0, v1::RETRIEVE_MODE_EXACT, false);
+    AddQuery(retrieve, id, pattern.Query(0, 0));
     auto r = CallRetrieve(*stub, kNoToken, retrieve);
     ASSERT_TRUE(r.ok()) << StatusText(r.status);
     const v1::FetchClustersRequest fetch =
@@ -637,13 +631,9 @@ TEST_F(ConcurrencyTest, RacingAppendsOfTheSameStepApplyItOnce) {
               static_cast<long long>(refused.load()),
               static_cast<long long>(uneven_reads.load()));
   for (uint32_t layer = 0; layer < shape.num_layers(); ++layer) {
-    v1::RetrieveRequest request;
-    request.set_layer(layer);
-    request.set_mode(v1::RETRIEVE_MODE_EXACT);
-    request.set_include_kv(true);
-    v1::SessionQuery* q = request.add_queries();
-    q->set_session_id(id);
-    q->set_query(pattern.Query(layer, 0));
+    v1::RetrieveRequest request =
+        RetrieveRequestFor(layer, v1::RETRIEVE_MODE_EXACT, true);
+    AddQuery(request, id, pattern.Query(layer, 0));
     auto r = CallRetrieve(*stub, kNoToken, request);
     ASSERT_TRUE(r.ok()) << StatusText(r.status);
     EXPECT_EQ(r.response.results(0).num_tokens(), kSteps);

@@ -215,13 +215,9 @@ TEST_F(IntegrationTest, AppendPrefillChunksAcrossLayersThenDecodeSteps) {
 
   // Every layer holds exactly what was appended, in any slot order.
   for (uint32_t layer = 0; layer < 3; ++layer) {
-    v1::RetrieveRequest request;
-    request.set_layer(layer);
-    request.set_mode(v1::RETRIEVE_MODE_EXACT);
-    request.set_include_kv(true);
-    v1::SessionQuery* q = request.add_queries();
-    q->set_session_id(id);
-    q->set_query(pattern.Query(layer, 0));
+    v1::RetrieveRequest request =
+        RetrieveRequestFor(layer, v1::RETRIEVE_MODE_EXACT, true);
+    AddQuery(request, id, pattern.Query(layer, 0));
     auto r = CallRetrieve(stub(), kNoToken, request);
     ASSERT_TRUE(r.ok()) << StatusText(r.status);
     ASSERT_EQ(r.response.results_size(), 1);
@@ -308,13 +304,9 @@ TEST_F(IntegrationTest, FetchClustersStreamsSmallChunksOfTheAppendedData) {
   ASSERT_TRUE(
       AppendTokens(stub(), kNoToken, s.session_id(), pattern, 0, 101, 33).ok());
 
-  v1::RetrieveRequest request;
-  request.set_layer(1);
-  request.set_mode(v1::RETRIEVE_MODE_EXACT);
-  request.set_include_kv(true);
-  v1::SessionQuery* q = request.add_queries();
-  q->set_session_id(s.session_id());
-  q->set_query(pattern.Query(1, 0));
+  v1::RetrieveRequest request =
+      RetrieveRequestFor(1, v1::RETRIEVE_MODE_EXACT, true);
+  AddQuery(request, s.session_id(), pattern.Query(1, 0));
   auto r = CallRetrieve(stub(), kNoToken, request);
   ASSERT_TRUE(r.ok()) << StatusText(r.status);
   const v1::SessionResult& result = r.response.results(0);
@@ -389,21 +381,6 @@ Answer<v1::SessionInfo> WaitIndexReady(v1::WaveKv::Stub& stub,
   }
 }
 
-v1::RetrieveRequest WaveRequest(uint32_t layer, bool include_kv) {
-  v1::RetrieveRequest request;
-  request.set_layer(layer);
-  request.set_mode(v1::RETRIEVE_MODE_WAVE);
-  request.set_include_kv(include_kv);
-  return request;
-}
-
-void AddQuery(v1::RetrieveRequest& request, const std::string& id,
-              const std::string& query) {
-  v1::SessionQuery* q = request.add_queries();
-  q->set_session_id(id);
-  q->set_query(query);
-}
-
 TEST_F(IntegrationTest, CreateSessionStartsWithAnEmptyIndex) {
   v1::SessionInfo s =
       Create(SessionRequest(MakeShape(3, 2, 2, 16, v1::DTYPE_FP16)));
@@ -426,7 +403,8 @@ TEST_F(IntegrationTest, RetrieveWaveSplitsSteadyZoneAndClusters) {
       << info.response.index_error();
 
   for (uint32_t layer = 0; layer < 2; ++layer) {
-    v1::RetrieveRequest request = WaveRequest(layer, /*include_kv=*/true);
+    v1::RetrieveRequest request =
+        RetrieveRequestFor(layer, v1::RETRIEVE_MODE_WAVE, /*include_kv=*/true);
     AddQuery(request, s.session_id(), pattern.Query(layer, 3));
     auto r = CallRetrieve(stub(), kNoToken, request);
     ASSERT_TRUE(r.ok()) << StatusText(r.status);
@@ -481,7 +459,8 @@ TEST_F(IntegrationTest, RetrieveWaveOfEveryClusterCoversEveryIndexedToken) {
   ASSERT_TRUE(info.ok()) << StatusText(info.status);
   ASSERT_EQ(info.response.index_state(), v1::INDEX_STATE_READY);
 
-  v1::RetrieveRequest request = WaveRequest(0, /*include_kv=*/true);
+  v1::RetrieveRequest request =
+      RetrieveRequestFor(0, v1::RETRIEVE_MODE_WAVE, /*include_kv=*/true);
   AddQuery(request, s.session_id(), pattern.Query(0, 1));
   auto r = CallRetrieve(stub(), kNoToken, request);
   ASSERT_TRUE(r.ok()) << StatusText(r.status);
@@ -521,7 +500,8 @@ TEST_F(IntegrationTest, RetrieveWaveFallsBackToExactOnlyWhenAsked) {
                            0, 10, 10)
                   .ok());
 
-  v1::RetrieveRequest request = WaveRequest(1, /*include_kv=*/true);
+  v1::RetrieveRequest request =
+      RetrieveRequestFor(1, v1::RETRIEVE_MODE_WAVE, /*include_kv=*/true);
   AddQuery(request, ready.session_id(), ready_pattern.Query(1, 0));
   AddQuery(request, young.session_id(), young_pattern.Query(1, 0));
   // Without exact_if_not_ready, either UNAVAILABLE (no index) or an answer
@@ -568,8 +548,8 @@ TEST_F(IntegrationTest, FetchOfRangesMadeStaleByAnIndexBuild) {
   v1::SessionInfo s = Create(WaveSessionRequest(shape, 0.2f, 0.3f));
   ASSERT_TRUE(
       AppendTokens(stub(), kNoToken, s.session_id(), pattern, 0, 40, 40).ok());
-  v1::RetrieveRequest exact;
-  exact.set_mode(v1::RETRIEVE_MODE_EXACT);
+  v1::RetrieveRequest exact =
+      RetrieveRequestFor(0, v1::RETRIEVE_MODE_EXACT, false);
   AddQuery(exact, s.session_id(), pattern.Query(0, 0));
   auto before = CallRetrieve(stub(), kNoToken, exact);
   ASSERT_TRUE(before.ok()) << StatusText(before.status);
@@ -724,11 +704,9 @@ TEST_F(IntegrationTest, CloseSessionFreesItAndThenItIsNotFound) {
   *append.add_layers() = pattern.Layer(0, 50, 1);
   EXPECT_EQ(CallAppend(stub(), kNoToken, append).status.error_code(),
             grpc::StatusCode::NOT_FOUND);
-  v1::RetrieveRequest retrieve;
-  retrieve.set_mode(v1::RETRIEVE_MODE_EXACT);
-  v1::SessionQuery* q = retrieve.add_queries();
-  q->set_session_id(s.session_id());
-  q->set_query(pattern.Query(0, 0));
+  v1::RetrieveRequest retrieve =
+      RetrieveRequestFor(0, v1::RETRIEVE_MODE_EXACT, false);
+  AddQuery(retrieve, s.session_id(), pattern.Query(0, 0));
   EXPECT_EQ(CallRetrieve(stub(), kNoToken, retrieve).status.error_code(),
             grpc::StatusCode::NOT_FOUND);
   auto list = ListAllSessions(stub(), kNoToken);
@@ -938,11 +916,9 @@ TEST(ServerLifecycleTest, SigtermDrainsAnInFlightFetchAndExitsZero) {
       AppendTokens(*stub, kNoToken, id, pattern, 0, n, 1024);
   ASSERT_TRUE(appended.ok()) << StatusText(appended);
 
-  v1::RetrieveRequest retrieve;
-  retrieve.set_mode(v1::RETRIEVE_MODE_EXACT);
-  v1::SessionQuery* q = retrieve.add_queries();
-  q->set_session_id(id);
-  q->set_query(pattern.Query(0, 0));
+  v1::RetrieveRequest retrieve =
+      RetrieveRequestFor(0, v1::RETRIEVE_MODE_EXACT, false);
+  AddQuery(retrieve, id, pattern.Query(0, 0));
   auto r = CallRetrieve(*stub, kNoToken, retrieve);
   ASSERT_TRUE(r.ok()) << StatusText(r.status);
   const v1::FetchClustersRequest fetch =
@@ -1061,13 +1037,9 @@ TEST(ServerLifecycleTest, SyncAppendsSurviveKillNineOrAreRefused) {
   EXPECT_EQ(info.response.num_tokens(), n);
   EXPECT_EQ(info.response.durable_tokens(), n);
   for (uint32_t layer = 0; layer < shape.num_layers(); ++layer) {
-    v1::RetrieveRequest request;
-    request.set_layer(layer);
-    request.set_mode(v1::RETRIEVE_MODE_EXACT);
-    request.set_include_kv(true);
-    v1::SessionQuery* q = request.add_queries();
-    q->set_session_id(id);
-    q->set_query(pattern.Query(layer, 0));
+    v1::RetrieveRequest request =
+        RetrieveRequestFor(layer, v1::RETRIEVE_MODE_EXACT, true);
+    AddQuery(request, id, pattern.Query(layer, 0));
     auto r = CallRetrieve(*stub2, kNoToken, request);
     ASSERT_TRUE(r.ok()) << StatusText(r.status);
     auto checked =

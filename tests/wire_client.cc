@@ -184,6 +184,22 @@ v1::CreateSessionRequest SessionRequest(const v1::ModelShape& shape,
   return request;
 }
 
+v1::RetrieveRequest RetrieveRequestFor(uint32_t layer, v1::RetrieveMode mode,
+                                       bool include_kv) {
+  v1::RetrieveRequest request;
+  request.set_layer(layer);
+  request.set_mode(mode);
+  request.set_include_kv(include_kv);
+  return request;
+}
+
+void AddQuery(v1::RetrieveRequest& request, const std::string& session_id,
+              const std::string& query) {
+  v1::SessionQuery* q = request.add_queries();
+  q->set_session_id(session_id);
+  q->set_query(query);
+}
+
 grpc::Status AppendTokens(v1::WaveKv::Stub& stub, const std::string& token,
                           const std::string& session_id,
                           const KvPattern& pattern, uint64_t begin,

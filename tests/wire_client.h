@@ -86,6 +86,14 @@ Answer<std::vector<v1::SessionInfo>> ListAllSessions(v1::WaveKv::Stub& stub,
 v1::CreateSessionRequest SessionRequest(const v1::ModelShape& shape,
                                         const std::string& label = "");
 
+// A Retrieve request of `layer` in `mode`, without queries (see AddQuery).
+v1::RetrieveRequest RetrieveRequestFor(uint32_t layer, v1::RetrieveMode mode,
+                                       bool include_kv);
+
+// Appends one session's query to `request`.
+void AddQuery(v1::RetrieveRequest& request, const std::string& session_id,
+              const std::string& query);
+
 // Appends tokens [begin, end) of every layer of `pattern`'s shape to the
 // session, `chunk_tokens` per layer per request (each request carries every
 // layer). Returns the first failing status, or OK.
