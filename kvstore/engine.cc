@@ -38,7 +38,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(
 EngineImpl::EngineImpl(const EngineOptions& options)
     : options_(options),
       budget_(options.memory_budget_bytes),
-      sessions_(options.max_sessions, options.max_sessions_per_tenant),
+      sessions_(options.max_sessions, options.max_sessions_per_tenant,
+                &quotas_),
       builder_(options.index_threads, budget_, options.on_index_build_failure),
       retrieve_pool_(static_cast<int>(options.retrieve_threads)) {}
 
@@ -90,8 +91,11 @@ absl::StatusOr<AppendResult> EngineImpl::Append(
   RETURN_IF_ERROR(session->ValidateAppend(layers));
   RETURN_IF_ERROR(
       CheckDurability(durability.value_or(session->options().durability)));
-  ASSIGN_OR_RETURN(Session::AppendOutcome outcome,
-                   session->Append(layers, budget_));
+  ASSIGN_OR_RETURN(
+      Session::AppendOutcome outcome,
+      session->Append(layers, budget_, [&](const AppendCharge& charge) {
+        return quotas_.ChargeAppend(tenant, session_id, charge);
+      }));
   session->Touch(NowUnixMs());
   for (uint32_t layer : outcome.index_layers) {
     builder_.Schedule(session, layer);
@@ -127,7 +131,18 @@ absl::StatusOr<uint64_t> EngineImpl::CloseSession(
                    sessions_.Remove(tenant, session_id));
   const uint64_t freed = session->Close();
   budget_.Release(freed);
+  // After Close: no append can charge the session any more.
+  quotas_.ReleaseSession(tenant, session_id);
   return freed;
+}
+
+void EngineImpl::SetTenantQuotas(
+    absl::flat_hash_map<TenantId, TenantQuota> quotas) {
+  quotas_.Set(std::move(quotas));
+}
+
+TenantUsage EngineImpl::GetTenantUsage(const TenantId& tenant) const {
+  return quotas_.Usage(tenant);
 }
 
 EngineStats EngineImpl::Stats() const {

@@ -9,7 +9,7 @@
 //  - InvalidArgument: malformed input;  NotFound: unknown session, or a
 //    session of another tenant (indistinguishable on purpose);
 //  - FailedPrecondition: valid input that does not fit the current state;
-//  - ResourceExhausted: memory budget, session/token limits;
+//  - ResourceExhausted: memory budget, session/token limits, tenant quotas;
 //  - Unavailable: WAVE retrieval on a layer whose index is not ready.
 //
 // Thread-safe: every method may be called concurrently from any thread.
@@ -29,9 +29,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kvstore/tenant_quota.h"
 #include "kvstore/types.h"
 
 namespace wavekv {
@@ -176,6 +178,16 @@ class Engine {
   // Closes the session and frees its memory; returns the bytes freed.
   virtual absl::StatusOr<uint64_t> CloseSession(
       const TenantId& tenant, const std::string& session_id) = 0;
+
+  // Replaces every tenant's quota (sessions, K/V bytes, tokens; see
+  // tenant_quota.h); tenants without an entry are limited only by
+  // EngineOptions. Applies to the next CreateSession and Append: over a
+  // quota they fail with ResourceExhausted "tenant quota max_...: ..." and
+  // change nothing; what sessions hold already is never taken away.
+  virtual void SetTenantQuotas(
+      absl::flat_hash_map<TenantId, TenantQuota> quotas) = 0;
+  // What the tenant's live sessions hold, in the units of its quota.
+  virtual TenantUsage GetTenantUsage(const TenantId& tenant) const = 0;
 
   virtual EngineStats Stats() const = 0;
   virtual const EngineOptions& options() const = 0;

@@ -32,6 +32,7 @@
 #include "kvstore/memory_budget.h"
 #include "kvstore/session.h"
 #include "kvstore/session_manager.h"
+#include "kvstore/tenant_quota.h"
 #include "kvstore/thread_pool.h"
 #include "kvstore/types.h"
 
@@ -61,6 +62,9 @@ class EngineImpl final : public Engine {
       const std::string& page_token) override;
   absl::StatusOr<uint64_t> CloseSession(const TenantId& tenant,
                                         const std::string& session_id) override;
+  void SetTenantQuotas(
+      absl::flat_hash_map<TenantId, TenantQuota> quotas) override;
+  TenantUsage GetTenantUsage(const TenantId& tenant) const override;
   EngineStats Stats() const override;
   const EngineOptions& options() const override { return options_; }
 
@@ -80,6 +84,7 @@ class EngineImpl final : public Engine {
 
   const EngineOptions options_;
   MemoryBudget budget_;
+  TenantQuotas quotas_;  // before sessions_, which points to it
   SessionManager sessions_;
   // Destroyed before the members above: their threads use them.
   IndexBuilder builder_;

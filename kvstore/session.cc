@@ -135,7 +135,8 @@ bool Session::NeedsBuild(const Layer& layer) const {
 }
 
 absl::StatusOr<Session::AppendOutcome> Session::Append(
-    absl::Span<const LayerAppend> layers, MemoryBudget& budget) {
+    absl::Span<const LayerAppend> layers, MemoryBudget& budget,
+    const std::function<absl::Status(const AppendCharge&)>& admit) {
   const ModelShape& shape = options_.shape;
   // 1. Everything that does not depend on state, before taking any lock.
   if (absl::Status s = ValidateAppend(layers); !s.ok()) return s;
@@ -192,6 +193,26 @@ absl::StatusOr<Session::AppendOutcome> Session::Append(
         budget.Release(growth_bytes);
         return s;
       }
+    }
+  }
+
+  // The tenant's quota comes last: it commits its charge, and nothing
+  // after it can fail.
+  if (admit) {
+    AppendCharge charge;
+    for (const LayerAppend& la : layers) {
+      charge.kv_bytes += la.keys.size() + la.values.size();
+      charge.session_tokens = std::max<uint64_t>(
+          charge.session_tokens, la.start_token + la.num_tokens);
+    }
+    if (absl::Status s = admit(charge); !s.ok()) {
+      for (const LayerAppend& la : layers) {
+        Layer& undo = *layers_[la.layer];
+        undo.mu.AssertHeld();
+        for (HeadStore& hs : undo.heads) hs.tokens.ReleaseUnused();
+      }
+      budget.Release(growth_bytes);
+      return s;
     }
   }
 

@@ -29,8 +29,9 @@
 // several sessions (a Retrieve batch): it takes them in ascending session id
 // order; writer locks of two sessions are never held together. No other
 // lock is taken while a layer lock is held, except MemoryBudget's lock-free
-// counter. Gauges (token counts, memory bytes, last access) are atomics,
-// written under the layer locks and readable without them.
+// counter and TenantQuotas' leaf mutex (Append's `admit`). Gauges (token
+// counts, memory bytes, last access) are atomics, written under the layer
+// locks and readable without them.
 //
 // Thread-safe.
 #ifndef WAVEKV_KVSTORE_SESSION_H_
@@ -38,6 +39,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -54,6 +56,7 @@
 #include "kvstore/cluster_store.h"
 #include "kvstore/memory_budget.h"
 #include "kvstore/slot_store.h"
+#include "kvstore/tenant_quota.h"
 #include "kvstore/thread_pool.h"
 #include "kvstore/types.h"
 
@@ -133,8 +136,13 @@ class Session {
   // max_tokens (ResourceExhausted), and reserves the bytes the new chunks
   // take in `budget` before allocating (ResourceExhausted). NotFound if the
   // session is closed. On error nothing changed.
-  absl::StatusOr<AppendOutcome> Append(absl::Span<const LayerAppend> layers,
-                                       MemoryBudget& budget);
+  // `admit`, when set, is the last check: it runs under the writer locks
+  // once everything else passed (budget reserved, chunks allocated), just
+  // before anything is copied, with what the append brings (the tenant's
+  // quota, tenant_quota.h); its error refuses the append, nothing changed.
+  absl::StatusOr<AppendOutcome> Append(
+      absl::Span<const LayerAppend> layers, MemoryBudget& budget,
+      const std::function<absl::Status(const AppendCharge&)>& admit = nullptr);
 
   struct BuildReport {
     uint32_t blocks = 0;  // blocks clustered and installed

@@ -21,9 +21,11 @@ bool IsSessionIdShaped(const std::string& s) {
 }  // namespace
 
 SessionManager::SessionManager(uint32_t max_sessions,
-                               uint32_t max_sessions_per_tenant)
+                               uint32_t max_sessions_per_tenant,
+                               TenantQuotas* quotas)
     : max_sessions_(max_sessions),
-      max_sessions_per_tenant_(max_sessions_per_tenant) {}
+      max_sessions_per_tenant_(max_sessions_per_tenant),
+      quotas_(quotas) {}
 
 std::string SessionManager::NewIdLocked() {
   while (true) {
@@ -52,6 +54,9 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Create(
                      tenant_sessions, " sessions, its limit"));
   }
   std::string id = NewIdLocked();
+  if (quotas_ != nullptr) {
+    if (absl::Status s = quotas_->AdmitSession(tenant, id); !s.ok()) return s;
+  }
   std::shared_ptr<Session> session = make(id);
   by_id_.emplace(id, session);
   by_tenant_[tenant].insert(std::move(id));

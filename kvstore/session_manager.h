@@ -9,7 +9,8 @@
 // keeps it alive while it works even if the session is removed meanwhile
 // (the Session itself then answers NotFound once closed).
 //
-// Thread-safe. Lock order: mu_ is never held while a Session lock is taken.
+// Thread-safe. Lock order: mu_ is never held while a Session lock is taken;
+// TenantQuotas' mutex is taken under mu_ (it is a leaf).
 #ifndef WAVEKV_KVSTORE_SESSION_MANAGER_H_
 #define WAVEKV_KVSTORE_SESSION_MANAGER_H_
 
@@ -29,21 +30,26 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "kvstore/session.h"
+#include "kvstore/tenant_quota.h"
 #include "kvstore/types.h"
 
 namespace wavekv {
 
 class SessionManager {
  public:
-  // REQUIRES: both limits >= 1.
-  SessionManager(uint32_t max_sessions, uint32_t max_sessions_per_tenant);
+  // REQUIRES: both limits >= 1. `quotas`, if not null, must outlive the
+  // manager: Create also admits the session there (the tenant's
+  // max_sessions quota); the caller releases it there after closing.
+  SessionManager(uint32_t max_sessions, uint32_t max_sessions_per_tenant,
+                 TenantQuotas* quotas = nullptr);
 
   SessionManager(const SessionManager&) = delete;
   SessionManager& operator=(const SessionManager&) = delete;
 
   // Picks a fresh id, calls `make(id)` and registers the result for
-  // `tenant`. ResourceExhausted naming max_sessions or
-  // max_sessions_per_tenant when a limit is reached (`make` is not called).
+  // `tenant`. ResourceExhausted naming max_sessions,
+  // max_sessions_per_tenant or the tenant quota max_sessions when a limit
+  // is reached (`make` is not called).
   absl::StatusOr<std::shared_ptr<Session>> Create(
       const TenantId& tenant,
       absl::FunctionRef<std::shared_ptr<Session>(std::string id)> make);
@@ -79,6 +85,7 @@ class SessionManager {
 
   const uint32_t max_sessions_;
   const uint32_t max_sessions_per_tenant_;
+  TenantQuotas* const quotas_;  // may be null
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Session>> by_id_
