@@ -1,0 +1,313 @@
+#include "index/cuda/wave_buffer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace wavekv::cuda {
+namespace {
+
+absl::Status CudaStatus(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  if (err == cudaErrorMemoryAllocation) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, ": ", cudaGetErrorString(err)));
+  }
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(err)));
+}
+
+#define WB_CUDA(expr, what)                                    \
+  do {                                                         \
+    if (absl::Status _s = CudaStatus((expr), what); !_s.ok()) \
+      return _s;                                               \
+  } while (0)
+
+size_t ElemBytes(ElemType t) { return t == ElemType::kFp32 ? 4 : 2; }
+
+}  // namespace
+
+absl::Status WaveBufferOptions::Validate() const {
+  if (!(buffer_fraction > 0.0 && buffer_fraction <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "buffer_fraction: ", buffer_fraction, " must be in (0, 1]"));
+  }
+  if (steady_capacity_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("steady_capacity_tokens: ", steady_capacity_tokens,
+                     " must be >= 0"));
+  }
+  if (max_selected <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_selected: ", max_selected, " must be > 0"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<WaveBuffer>> WaveBuffer::Create(
+    const WaveBufferOptions& options, ClusterStoreLayout layout) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  if (layout.head_dim != 64 && layout.head_dim != 128 &&
+      layout.head_dim != 256) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "head_dim: ", layout.head_dim, " is not supported (64, 128 or 256)"));
+  }
+  const int64_t n = int64_t{layout.num_rows} * layout.num_clusters;
+  if (static_cast<int64_t>(layout.cluster_offsets.size()) != n ||
+      static_cast<int64_t>(layout.row_store.size()) != layout.num_rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cluster_offsets/row_store: expected ", n, "/", layout.num_rows,
+        " entries, got ", layout.cluster_offsets.size(), "/",
+        layout.row_store.size()));
+  }
+  // Capacity: the fraction of the largest row's slots, at least one.
+  auto sizing = WaveBufferLru::Create(layout.num_rows, layout.num_clusters,
+                                      layout.cluster_sizes, 0, kSlotTokens);
+  if (!sizing.ok()) return sizing.status();
+  const int64_t pieces = sizing->slot_table_size() / layout.num_rows;
+  const int64_t slots = std::max<int64_t>(
+      1, static_cast<int64_t>(std::ceil(options.buffer_fraction * pieces)));
+  auto lru = WaveBufferLru::Create(layout.num_rows, layout.num_clusters,
+                                   layout.cluster_sizes,
+                                   static_cast<int>(slots), kSlotTokens);
+  if (!lru.ok()) return lru.status();
+  std::unique_ptr<WaveBuffer> b(
+      new WaveBuffer(options, std::move(layout), std::move(*lru)));
+  if (absl::Status s = b->Init(); !s.ok()) return s;
+  return b;
+}
+
+WaveBuffer::WaveBuffer(const WaveBufferOptions& options,
+                       ClusterStoreLayout layout, WaveBufferLru lru)
+    : options_(options), layout_(std::move(layout)), lru_(std::move(lru)) {}
+
+WaveBuffer::~WaveBuffer() {
+  if (copy_stream_ != nullptr) {
+    cudaStreamSynchronize(copy_stream_);
+    cudaStreamDestroy(copy_stream_);
+  }
+  if (ids_ready_ != nullptr) cudaEventDestroy(ids_ready_);
+  if (admitted_ != nullptr) cudaEventDestroy(admitted_);
+}
+
+absl::StatusOr<void*> WaveBuffer::AllocDevice(size_t bytes, DevicePtr* owner) {
+  void* p = nullptr;
+  WB_CUDA(cudaMalloc(&p, std::max<size_t>(bytes, 16)), "cudaMalloc");
+  owner->reset(p);
+  device_bytes_ += bytes;
+  return p;
+}
+
+absl::Status WaveBuffer::Init() {
+  const int rows = layout_.num_rows;
+  const int64_t nc = int64_t{rows} * layout_.num_clusters;
+  row_bytes_ = layout_.head_dim * ElemBytes(layout_.dtype);
+  const size_t slot_bytes = 2 * kSlotTokens * row_bytes_;
+  const int64_t slots = int64_t{rows} * lru_.slots_per_row();
+
+  auto alloc = [&](size_t bytes, DevicePtr* owner) -> absl::Status {
+    return AllocDevice(bytes, owner).status();
+  };
+  if (absl::Status s = alloc(slots * slot_bytes, &pool_); !s.ok()) return s;
+  if (absl::Status s = alloc(lru_.slot_table_size() * 4, &slot_ids_);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = alloc(nc * 4, &slot_list_); !s.ok()) return s;
+  if (absl::Status s = alloc(nc * 4, &sizes_); !s.ok()) return s;
+  if (absl::Status s = alloc(nc * 8, &offsets_); !s.ok()) return s;
+  if (absl::Status s = alloc(rows * sizeof(void*), &row_store_); !s.ok()) {
+    return s;
+  }
+  const size_t steady_row = options_.steady_capacity_tokens * row_bytes_;
+  if (absl::Status s = alloc(2 * rows * steady_row, &steady_); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = alloc(rows * sizeof(void*), &steady_keys_); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = alloc(rows * sizeof(void*), &steady_values_);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = alloc(rows * 4, &steady_tokens_); !s.ok()) return s;
+
+  WB_CUDA(cudaMemset(slot_ids_.get(), 0xFF, lru_.slot_table_size() * 4),
+          "cudaMemset");
+  WB_CUDA(cudaMemset(slot_list_.get(), 0xFF, nc * 4), "cudaMemset");
+  WB_CUDA(cudaMemset(steady_tokens_.get(), 0, rows * 4), "cudaMemset");
+  WB_CUDA(cudaMemcpy(sizes_.get(), layout_.cluster_sizes.data(), nc * 4,
+                     cudaMemcpyHostToDevice),
+          "cudaMemcpy");
+  WB_CUDA(cudaMemcpy(offsets_.get(), layout_.cluster_offsets.data(), nc * 8,
+                     cudaMemcpyHostToDevice),
+          "cudaMemcpy");
+  WB_CUDA(cudaMemcpy(row_store_.get(), layout_.row_store.data(),
+                     rows * sizeof(void*), cudaMemcpyHostToDevice),
+          "cudaMemcpy");
+  std::vector<const void*> sk(rows), sv(rows);
+  for (int r = 0; r < rows; ++r) {
+    sk[r] = static_cast<char*>(steady_.get()) + 2 * r * steady_row;
+    sv[r] = static_cast<const char*>(sk[r]) + steady_row;
+  }
+  WB_CUDA(cudaMemcpy(steady_keys_.get(), sk.data(), rows * sizeof(void*),
+                     cudaMemcpyHostToDevice),
+          "cudaMemcpy");
+  WB_CUDA(cudaMemcpy(steady_values_.get(), sv.data(), rows * sizeof(void*),
+                     cudaMemcpyHostToDevice),
+          "cudaMemcpy");
+  steady_tokens_host_.assign(rows, 0);
+
+  // Pinned staging, sized for the worst step: every slot refilled, every
+  // resident cluster evicted.
+  max_copies_ = static_cast<size_t>(slots);
+  max_writes_ = 2 * static_cast<size_t>(slots) + 2 * static_cast<size_t>(slots);
+  void* p = nullptr;
+  WB_CUDA(cudaHostAlloc(&p, int64_t{rows} * options_.max_selected * 4,
+                        cudaHostAllocDefault),
+          "cudaHostAlloc");
+  host_ids_.reset(p);
+  WB_CUDA(cudaHostAlloc(&p, max_copies_ * sizeof(SlotCopy),
+                        cudaHostAllocMapped),
+          "cudaHostAlloc");
+  host_copies_.reset(p);
+  WB_CUDA(cudaHostAlloc(&p, max_writes_ * sizeof(SlotTableWrite),
+                        cudaHostAllocMapped),
+          "cudaHostAlloc");
+  host_writes_.reset(p);
+  int lo = 0, hi = 0;
+  WB_CUDA(cudaDeviceGetStreamPriorityRange(&lo, &hi), "stream priorities");
+  // Admissions are for later steps: the lowest priority.
+  WB_CUDA(cudaStreamCreateWithPriority(&copy_stream_, cudaStreamNonBlocking,
+                                       lo),
+          "cudaStreamCreate");
+  WB_CUDA(cudaEventCreateWithFlags(&ids_ready_, cudaEventDisableTiming),
+          "cudaEventCreate");
+  WB_CUDA(cudaEventCreateWithFlags(&admitted_, cudaEventDisableTiming),
+          "cudaEventCreate");
+  WB_CUDA(cudaEventRecord(admitted_, copy_stream_), "cudaEventRecord");
+  return absl::OkStatus();
+}
+
+void WaveBuffer::FillPagesArgs(ClusterPagesArgs* a) const {
+  a->dtype = layout_.dtype;
+  a->head_dim = layout_.head_dim;
+  a->num_rows = layout_.num_rows;
+  a->num_clusters = layout_.num_clusters;
+  a->cluster_sizes = static_cast<const int32_t*>(sizes_.get());
+  a->cluster_offsets = static_cast<const int64_t*>(offsets_.get());
+  a->row_store = static_cast<const void* const*>(row_store_.get());
+  a->cluster_slot_list = static_cast<const int32_t*>(slot_list_.get());
+  a->steady_keys = static_cast<const void* const*>(steady_keys_.get());
+  a->steady_values = static_cast<const void* const*>(steady_values_.get());
+  a->steady_tokens = static_cast<const int32_t*>(steady_tokens_.get());
+}
+
+void WaveBuffer::FillAttentionArgs(PagedAttentionArgs* a) const {
+  a->slot_pool = pool_.get();
+  a->slot_ids = static_cast<const int32_t*>(slot_ids_.get());
+}
+
+absl::Status WaveBuffer::LoadSteady(int row, const void* keys,
+                                    const void* values, int num_tokens,
+                                    cudaStream_t stream) {
+  if (row < 0 || row >= layout_.num_rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "row: ", row, " out of range [0, ", layout_.num_rows, ")"));
+  }
+  if (num_tokens < 0 || num_tokens > options_.steady_capacity_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_tokens: ", num_tokens, " exceeds steady_capacity_tokens ",
+        options_.steady_capacity_tokens));
+  }
+  const size_t steady_row = options_.steady_capacity_tokens * row_bytes_;
+  char* dst = static_cast<char*>(steady_.get()) + 2 * row * steady_row;
+  const size_t bytes = num_tokens * row_bytes_;
+  WB_CUDA(cudaMemcpyAsync(dst, keys, bytes, cudaMemcpyDefault, stream),
+          "cudaMemcpyAsync");
+  WB_CUDA(cudaMemcpyAsync(dst + steady_row, values, bytes, cudaMemcpyDefault,
+                          stream),
+          "cudaMemcpyAsync");
+  steady_tokens_host_[row] = num_tokens;
+  WB_CUDA(cudaMemcpyAsync(static_cast<int32_t*>(steady_tokens_.get()) + row,
+                          &steady_tokens_host_[row], 4, cudaMemcpyHostToDevice,
+                          stream),
+          "cudaMemcpyAsync");
+  return absl::OkStatus();
+}
+
+absl::Status WaveBuffer::WaitForAdmissions(cudaStream_t stream) {
+  WB_CUDA(cudaStreamWaitEvent(stream, admitted_, 0), "cudaStreamWaitEvent");
+  return absl::OkStatus();
+}
+
+absl::Status WaveBuffer::RecordSelection(const int32_t* selected,
+                                         cudaStream_t stream) {
+  WB_CUDA(cudaMemcpyAsync(
+              host_ids_.get(), selected,
+              int64_t{layout_.num_rows} * options_.max_selected * 4,
+              cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync");
+  WB_CUDA(cudaEventRecord(ids_ready_, stream), "cudaEventRecord");
+  selection_pending_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status WaveBuffer::Update() {
+  if (!selection_pending_) {
+    return absl::FailedPreconditionError(
+        "wave buffer: Update without a RecordSelection since the last one");
+  }
+  selection_pending_ = false;
+  WB_CUDA(cudaEventSynchronize(ids_ready_), "cudaEventSynchronize");
+  // The staging buffers are reused: the previous admission must be done
+  // (it is, when the caller waited for it before this step's attention).
+  WB_CUDA(cudaEventSynchronize(admitted_), "cudaEventSynchronize");
+  const int64_t n_ids = int64_t{layout_.num_rows} * options_.max_selected;
+  lru_.Step(absl::MakeConstSpan(static_cast<const int32_t*>(host_ids_.get()),
+                                n_ids),
+            options_.max_selected, &plan_);
+  if (plan_.copies.size() > max_copies_ ||
+      plan_.slot_id_writes.size() + plan_.slot_list_writes.size() >
+          max_writes_) {
+    return absl::InternalError("wave buffer: admission plan exceeds staging");
+  }
+  SlotCopy* copies = static_cast<SlotCopy*>(host_copies_.get());
+  const int nc = layout_.num_clusters;
+  const size_t slot_bytes = 2 * kSlotTokens * row_bytes_;
+  const size_t elem = ElemBytes(layout_.dtype);
+  for (size_t i = 0; i < plan_.copies.size(); ++i) {
+    const WaveBufferPlan::Copy& c = plan_.copies[i];
+    const int64_t k = int64_t{c.row} * nc + c.cluster;
+    const int32_t size = layout_.cluster_sizes[k];
+    const char* base = static_cast<const char*>(layout_.row_store[c.row]) +
+                       layout_.cluster_offsets[k] * elem;
+    const int first = c.piece * kSlotTokens;
+    SlotCopy& out = copies[i];
+    out.src_keys = base + first * row_bytes_;
+    out.src_values = base + (size_t(size) + first) * row_bytes_;
+    out.dst = static_cast<char*>(pool_.get()) + size_t(c.slot) * slot_bytes;
+    out.num_tokens = std::min(kSlotTokens, size - first);
+  }
+  SlotTableWrite* writes = static_cast<SlotTableWrite*>(host_writes_.get());
+  size_t w = 0;
+  for (const auto& x : plan_.slot_id_writes) writes[w++] = {x.index, x.value, 0};
+  for (const auto& x : plan_.slot_list_writes) {
+    writes[w++] = {x.index, x.value, 1};
+  }
+  AdmitArgs a;
+  a.row_bytes = static_cast<int>(row_bytes_);
+  a.copies = copies;
+  a.num_copies = static_cast<int>(plan_.copies.size());
+  a.writes = writes;
+  a.num_writes = static_cast<int>(w);
+  a.slot_ids = static_cast<int32_t*>(slot_ids_.get());
+  a.slot_list = static_cast<int32_t*>(slot_list_.get());
+  WB_CUDA(static_cast<cudaError_t>(LaunchAdmitRaw(a, copy_stream_)),
+          "wave buffer admission launch");
+  WB_CUDA(cudaEventRecord(admitted_, copy_stream_), "cudaEventRecord");
+  return absl::OkStatus();
+}
+
+}  // namespace wavekv::cuda

@@ -1,0 +1,154 @@
+// The wave buffer's CPU policy (runs in CI, no GPU): hits, LRU eviction order,
+// never evicting this step's selection, overflow and uncacheable counting,
+// empty clusters, and the table writes a GPU copy would apply.
+#include "index/cuda/wave_buffer_lru.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+#include <set>
+#include <vector>
+
+namespace wavekv::cuda {
+namespace {
+
+constexpr int kSlot = 8;
+
+// Applies a plan to host mirrors of the two device tables, as the copy
+// kernel does.
+struct Tables {
+  std::vector<int32_t> slot_ids, slot_list;
+  void Apply(const WaveBufferPlan& p) {
+    for (const auto& w : p.slot_id_writes) slot_ids[w.index] = w.value;
+    for (const auto& w : p.slot_list_writes) slot_list[w.index] = w.value;
+  }
+};
+
+TEST(WaveBufferLru, HitsAfterAdmissionAndLruEviction) {
+  // One row, 6 clusters of 8 tokens (one slot each), room for 3.
+  auto lru = WaveBufferLru::Create(1, 6, {8, 8, 8, 8, 8, 8}, 3, kSlot);
+  ASSERT_TRUE(lru.ok()) << lru.status();
+  WaveBufferPlan plan;
+  lru->Step({0, 1, 2}, 3, &plan);
+  EXPECT_EQ(lru->stats().lookups, 3u);
+  EXPECT_EQ(lru->stats().hits, 0u);
+  EXPECT_EQ(plan.copies.size(), 3u);
+  EXPECT_EQ(lru->free_slots(0), 0);
+  lru->Step({1}, 1, &plan);  // hit; LRU order now 1, 0, 2? (rank order)
+  EXPECT_EQ(lru->stats().hits, 1u);
+  EXPECT_TRUE(plan.copies.empty());
+  // Step 1 admitted 0, 1, 2 in rank order, each pushed to the front: order
+  // 2, 1, 0; touching 1 gives 1, 2, 0. Two misses evict 0 then 2.
+  lru->Step({3, 4}, 2, &plan);
+  EXPECT_FALSE(lru->resident(0, 0));
+  EXPECT_FALSE(lru->resident(0, 2));
+  EXPECT_TRUE(lru->resident(0, 1));
+  EXPECT_TRUE(lru->resident(0, 3));
+  EXPECT_TRUE(lru->resident(0, 4));
+  EXPECT_EQ(lru->stats().evicted_clusters, 2u);
+  EXPECT_EQ(lru->stats().admitted_clusters, 5u);
+}
+
+TEST(WaveBufferLru, NeverEvictsThisStepsSelectionAndCountsOverflow) {
+  auto lru = WaveBufferLru::Create(1, 8, std::vector<int32_t>(8, 16), 4,
+                                   kSlot);  // 2 slots per cluster, room for 2
+  ASSERT_TRUE(lru.ok());
+  WaveBufferPlan plan;
+  lru->Step({0, 1, 2, 3}, 4, &plan);
+  // 0 and 1 admitted; 2 and 3 would need to evict 0/1 (selected now).
+  EXPECT_TRUE(lru->resident(0, 0));
+  EXPECT_TRUE(lru->resident(0, 1));
+  EXPECT_FALSE(lru->resident(0, 2));
+  EXPECT_EQ(lru->stats().overflow_clusters, 2u);
+  EXPECT_EQ(lru->stats().evicted_clusters, 0u);
+  EXPECT_EQ(lru->stats().lookups, 4u);
+}
+
+TEST(WaveBufferLru, UncacheableEmptyDuplicateAndInvalidIds) {
+  auto lru = WaveBufferLru::Create(1, 4, {0, 40, 8, 8}, 3, kSlot);
+  ASSERT_TRUE(lru.ok());
+  WaveBufferPlan plan;
+  // Cluster 0 is empty, 1 needs 5 slots > 3, 2 twice, -1 and 9 are no ids.
+  lru->Step({0, 1, 2, 2, -1, 9}, 6, &plan);
+  EXPECT_EQ(lru->stats().lookups, 2u);  // 1 and 2
+  EXPECT_EQ(lru->stats().uncacheable_clusters, 1u);
+  EXPECT_TRUE(lru->resident(0, 2));
+  EXPECT_FALSE(lru->resident(0, 0));
+  EXPECT_EQ(plan.copies.size(), 1u);
+}
+
+TEST(WaveBufferLru, PlansKeepTablesConsistentUnderRandomSelections) {
+  const int rows = 3, clusters = 50, slots = 20, sel = 6;
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> size_dist(0, 30);
+  std::vector<int32_t> sizes(rows * clusters);
+  for (int32_t& s : sizes) s = size_dist(rng);
+  auto lru = WaveBufferLru::Create(rows, clusters, sizes, slots, kSlot);
+  ASSERT_TRUE(lru.ok());
+  Tables t;
+  t.slot_ids.assign(lru->slot_table_size(), -1);
+  t.slot_list.assign(rows * clusters, -1);
+  // slot -> (row, cluster, piece) owner, as the GPU pool would hold.
+  std::map<int32_t, std::tuple<int, int, int>> owner;
+  WaveBufferPlan plan;
+  std::vector<int> center(rows, 0);
+  uint64_t hits = 0, lookups = 0;
+  for (int step = 0; step < 300; ++step) {
+    std::vector<int32_t> ids(rows * sel);
+    for (int r = 0; r < rows; ++r) {
+      center[r] = (center[r] + (rng() % 3) + clusters - 1) % clusters;
+      for (int i = 0; i < sel; ++i) {
+        ids[r * sel + i] = (center[r] + i * (1 + rng() % 2)) % clusters;
+      }
+    }
+    // Expected hits from the tables before this step's plan.
+    for (int r = 0; r < rows; ++r) {
+      std::set<int> seen;
+      for (int i = 0; i < sel; ++i) {
+        const int c = ids[r * sel + i];
+        if (sizes[r * clusters + c] == 0 || !seen.insert(c).second) continue;
+        ++lookups;
+        if (t.slot_list[r * clusters + c] >= 0) ++hits;
+      }
+    }
+    lru->Step(ids, sel, &plan);
+    for (const auto& c : plan.copies) {
+      ASSERT_GE(c.slot, c.row * slots);
+      ASSERT_LT(c.slot, (c.row + 1) * slots);
+      owner[c.slot] = {c.row, c.cluster, c.piece};
+    }
+    t.Apply(plan);
+    // Every resident cluster's slot list points at slots it owns.
+    for (int r = 0; r < rows; ++r) {
+      int used = 0;
+      for (int c = 0; c < clusters; ++c) {
+        const int32_t list = t.slot_list[r * clusters + c];
+        ASSERT_EQ(list >= 0, lru->resident(r, c));
+        if (list < 0) continue;
+        ASSERT_EQ(list, lru->SlotListIndex(r, c));
+        const int pieces = (sizes[r * clusters + c] + kSlot - 1) / kSlot;
+        for (int j = 0; j < pieces; ++j) {
+          const int32_t slot = t.slot_ids[list + j];
+          ASSERT_EQ(owner[slot], std::make_tuple(r, c, j));
+        }
+        used += pieces;
+      }
+      ASSERT_EQ(used + lru->free_slots(r), slots);
+    }
+  }
+  EXPECT_EQ(lru->stats().hits, hits);
+  EXPECT_EQ(lru->stats().lookups, lookups);
+  EXPECT_GT(hits, lookups / 3);  // the walk has locality
+}
+
+TEST(WaveBufferLru, RejectsBadShapes) {
+  EXPECT_FALSE(WaveBufferLru::Create(0, 4, {}, 1, kSlot).ok());
+  auto s = WaveBufferLru::Create(1, 2, {1}, 1, kSlot);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("cluster_sizes"), std::string::npos);
+  EXPECT_FALSE(WaveBufferLru::Create(1, 1, {-3}, 1, kSlot).ok());
+}
+
+}  // namespace
+}  // namespace wavekv::cuda
