@@ -1,0 +1,575 @@
+// Segmented spherical k-means on the GPU (contract: kmeans.h). One launch
+// set clusters many (layer, kv head) problems of the same shape:
+//   centre:  per-problem mean (double partials), centred keys normalised to
+//            unit length in fp16 for scoring (a positive per-key scale does
+//            not change a key's argmax), initial centroids = the unit keys at
+//            the evenly spaced picks;
+//   assign:  tensor-core scoring (mma.sync m16n8k16, fp16 in, fp32
+//            accumulate) of 128-key tiles against the tile's centroid range,
+//            fused with the argmax (ties to the lowest cluster id);
+//   sort:    stable radix sort of (problem, cluster) keys with token values
+//            (CUB), so members come out cluster-major in token order;
+//   update:  one warp per cluster sums its members' centred keys in token
+//            order in fp32 (as the CPU does) and normalises;
+//   stats:   one warp per cluster: size, member mean of the original keys
+//            and value sum, both accumulated in double in token order.
+// Every step is deterministic: no floating-point atomics.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+#include <cub/device/device_radix_sort.cuh>
+
+#include "index/cuda/kmeans_raw.h"
+
+namespace wavekv::cuda {
+namespace {
+
+__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+__device__ __forceinline__ float ToFloat(float x) { return x; }
+
+__device__ __forceinline__ uint16_t HalfBits(float x) {
+  return __half_as_ushort(__float2half_rn(x));
+}
+
+template <int EPL, typename T>
+__device__ __forceinline__ void LoadLane(const T* row, int lane,
+                                         float (&out)[EPL]) {
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) out[e] = ToFloat(row[lane * EPL + e]);
+}
+
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(~0u, v, off);
+  return v;
+}
+
+// ---------------------------------------------------------------- centre
+
+template <typename T, int D>
+__global__ void MeanPartialKernel(KMeansRawArgs a, int chunks) {
+  const int p = blockIdx.y;
+  const int j = threadIdx.x;
+  const KMeansProblem prob = a.problems[p];
+  const T* keys = static_cast<const T*>(prob.keys);
+  const uint32_t t0 = blockIdx.x * kMeanChunkRows;
+  const uint32_t t1 = min(a.num_tokens, t0 + kMeanChunkRows);
+  double acc = 0.0;
+  bool bad = false;
+  for (uint32_t t = t0; t < t1; ++t) {
+    const float x = ToFloat(keys[static_cast<int64_t>(t) * prob.row_stride + j]);
+    bad |= !isfinite(x);
+    acc += x;
+  }
+  a.mean_partials[(static_cast<int64_t>(p) * chunks + blockIdx.x) * D + j] =
+      acc;
+  if (bad) atomicExch(&a.flags[0], 1);
+}
+
+template <int D>
+__global__ void MeanFinalKernel(KMeansRawArgs a, int chunks) {
+  const int p = blockIdx.x;
+  const int j = threadIdx.x;
+  double s = 0.0;
+  for (int c = 0; c < chunks; ++c) {
+    s += a.mean_partials[(static_cast<int64_t>(p) * chunks + c) * D + j];
+  }
+  a.mean[p * D + j] = static_cast<float>(s / a.num_tokens);
+}
+
+// One warp per (problem, token): unit-length centred key in fp16, and the
+// token's id as the sort value.
+template <typename T, int D>
+__global__ void CentreKernel(KMeansRawArgs a) {
+  constexpr int EPL = D / 32;
+  const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x +
+                     threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t total = static_cast<int64_t>(a.num_problems) * a.num_tokens;
+  if (w >= total) return;  // warp-uniform
+  const int p = static_cast<int>(w / a.num_tokens);
+  const uint32_t t = static_cast<uint32_t>(w % a.num_tokens);
+  const KMeansProblem prob = a.problems[p];
+  float x[EPL];
+  LoadLane<EPL>(static_cast<const T*>(prob.keys) +
+                    static_cast<int64_t>(t) * prob.row_stride,
+                lane, x);
+  float ss = 0.f;
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) {
+    x[e] -= a.mean[p * D + lane * EPL + e];
+    ss += x[e] * x[e];
+  }
+  const float norm = sqrtf(WarpSum(ss));
+  const float inv = (norm > 0.f && isfinite(norm)) ? 1.f / norm : 1.f;
+  uint16_t* out = a.xhat + w * D + lane * EPL;
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) out[e] = HalfBits(x[e] * inv);
+  if (lane == 0) a.sort_vals_in[w] = t;
+}
+
+// One warp per (problem, cluster): the unit key at the segment's pick
+// floor(c*n/k + n/(2k)), as index/kmeans.cc.
+template <int D>
+__global__ void InitKernel(KMeansRawArgs a) {
+  const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x +
+                     threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= static_cast<int64_t>(a.num_problems) * a.num_clusters) return;
+  const int p = static_cast<int>(w / a.num_clusters);
+  const uint32_t g = static_cast<uint32_t>(w % a.num_clusters);
+  int s = 0;
+  while (s + 1 < a.num_segments && a.segments[s + 1].first_cluster <= g) ++s;
+  const KMeansSegment seg = a.segments[s];
+  const uint64_t n = seg.end - seg.begin;
+  const uint64_t c = g - seg.first_cluster;
+  const uint64_t pick = seg.begin + (2 * c * n + n) / (2 * seg.num_clusters);
+  const uint16_t* src =
+      a.xhat + (static_cast<int64_t>(p) * a.num_tokens + pick) * D;
+  uint16_t* dst = a.cent + w * D;
+  for (int j = lane; j < D; j += 32) dst[j] = src[j];
+}
+
+// ---------------------------------------------------------------- assign
+
+template <int D>
+struct AssignCfg {
+  static constexpr int kThreads = 256;
+  static constexpr int BM = kAssignRows;
+  static constexpr int BN = D == 256 ? 64 : 128;
+  static constexpr int LD = D + 8;     // fp16 per smem row (16 B padding)
+  static constexpr int NT = BN / 16;   // n8 tiles per warp (2 warps on N)
+  static constexpr int kSmemBytes = (BM + 2 * BN) * LD * 2;
+};
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem,
+                                          bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int bytes = valid ? 16 : 0;  // 0: zero-fill
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s),
+               "l"(gmem), "r"(bytes));
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4],
+                                           const uint16_t* smem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(s));
+}
+
+__device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4],
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void Better(float& v, uint32_t& i, float ov,
+                                       uint32_t oi) {
+  if (ov > v || (ov == v && oi < i)) {
+    v = ov;
+    i = oi;
+  }
+}
+
+// Block = one tile of up to 128 keys of problem blockIdx.y against the
+// tile's centroid range, 8 warps as 4 (rows) x 2 (centroid columns).
+template <int D>
+__global__ void __launch_bounds__(256)
+    AssignKernel(const AssignTile* tiles, const uint16_t* xhat,
+                 const uint16_t* cent, uint32_t n, uint32_t k,
+                 uint32_t* assignment, uint32_t* sort_keys) {
+  using C = AssignCfg<D>;
+  constexpr int CH = D / 8;  // 16-byte chunks per row
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t* as = smem;
+  uint16_t* bs = smem + C::BM * C::LD;
+  const AssignTile tile = tiles[blockIdx.x];
+  const int p = blockIdx.y;
+  const uint16_t* x = xhat + static_cast<int64_t>(p) * n * D;
+  const uint16_t* cp = cent + static_cast<int64_t>(p) * k * D;
+
+  for (int i = threadIdx.x; i < C::BM * CH; i += C::kThreads) {
+    const int r = i / CH, ch = i % CH;
+    const uint32_t row = tile.row_begin + r;
+    const bool valid = row < tile.row_end;
+    CpAsync16(as + r * C::LD + ch * 8,
+              x + static_cast<int64_t>(valid ? row : tile.row_begin) * D +
+                  ch * 8,
+              valid);
+  }
+  auto load_b = [&](int stage, uint32_t n0) {
+    uint16_t* dst = bs + stage * C::BN * C::LD;
+    for (int i = threadIdx.x; i < C::BN * CH; i += C::kThreads) {
+      const int r = i / CH, ch = i % CH;
+      const uint32_t c = n0 + r;
+      const bool valid = c < tile.cent_end;
+      CpAsync16(dst + r * C::LD + ch * 8,
+                cp + static_cast<int64_t>(valid ? c : tile.cent_begin) * D +
+                    ch * 8,
+                valid);
+    }
+  };
+  load_b(0, tile.cent_begin);
+  CpAsyncCommit();
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int wm = warp % 4, wn = warp / 4;
+  float best[2][2];
+  uint32_t bidx[2][2];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      best[mt][h] = -FLT_MAX;
+      bidx[mt][h] = 0xffffffffu;
+    }
+  }
+
+  int stage = 0;
+  for (uint32_t n0 = tile.cent_begin; n0 < tile.cent_end; n0 += C::BN) {
+    if (n0 + C::BN < tile.cent_end) load_b(stage ^ 1, n0 + C::BN);
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    __syncthreads();
+    const uint16_t* b = bs + stage * C::BN * C::LD;
+    float acc[2][C::NT][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < C::NT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
+      }
+    }
+#pragma unroll
+    for (int k0 = 0; k0 < D; k0 += 16) {
+      uint32_t af[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const int row = wm * 32 + mt * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+        LdMatrixX4(af[mt], as + row * C::LD + k0 + (lane / 16) * 8);
+      }
+#pragma unroll
+      for (int np = 0; np < C::NT / 2; ++np) {
+        const int nrow = wn * (C::BN / 2) + np * 16 + (lane % 8) +
+                         (lane / 16) * 8;
+        uint32_t bf[4];
+        LdMatrixX4(bf, b + nrow * C::LD + k0 + ((lane / 8) % 2) * 8);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          Mma16816(acc[mt][2 * np], af[mt], bf[0], bf[1]);
+          Mma16816(acc[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+        }
+      }
+    }
+    // Columns visited in increasing order per thread: strict '>' keeps the
+    // lowest id on ties.
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < C::NT; ++nt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const uint32_t col =
+                n0 + wn * (C::BN / 2) + nt * 8 + 2 * (lane % 4) + e;
+            const float v = acc[mt][nt][h * 2 + e];
+            if (col < tile.cent_end && v > best[mt][h]) {
+              best[mt][h] = v;
+              bidx[mt][h] = col;
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();
+    stage ^= 1;
+  }
+
+  // Reduce over the 4 lanes of a quad (same rows), then over the 2 warps.
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int off = 1; off < 4; off <<= 1) {
+        const float ov = __shfl_xor_sync(~0u, best[mt][h], off);
+        const uint32_t oi = __shfl_xor_sync(~0u, bidx[mt][h], off);
+        Better(best[mt][h], bidx[mt][h], ov, oi);
+      }
+    }
+  }
+  float* red_v = reinterpret_cast<float*>(smem);
+  uint32_t* red_i = reinterpret_cast<uint32_t*>(smem) + C::BM;
+  if (wn == 1 && lane % 4 == 0) {
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = wm * 32 + mt * 16 + h * 8 + lane / 4;
+        red_v[r] = best[mt][h];
+        red_i[r] = bidx[mt][h];
+      }
+    }
+  }
+  __syncthreads();
+  if (wn == 0 && lane % 4 == 0) {
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = wm * 32 + mt * 16 + h * 8 + lane / 4;
+        const uint32_t row = tile.row_begin + r;
+        if (row >= tile.row_end) continue;
+        float v = best[mt][h];
+        uint32_t c = bidx[mt][h];
+        Better(v, c, red_v[r], red_i[r]);
+        if (c == 0xffffffffu) c = tile.cent_begin;  // all scores NaN
+        const int64_t at = static_cast<int64_t>(p) * n + row;
+        assignment[at] = c;
+        sort_keys[at] = static_cast<uint32_t>(p) * k + c;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------ sort + boundaries
+
+// offsets[g] = first sorted position of global cluster g (P*K + 1 entries).
+__global__ void OffsetsKernel(const uint32_t* sorted_keys, int64_t num_items,
+                              int64_t num_groups, uint32_t* offsets) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x +
+                    threadIdx.x;
+  if (i >= num_items) return;
+  const int64_t key = sorted_keys[i];
+  const int64_t prev = i == 0 ? -1 : static_cast<int64_t>(sorted_keys[i - 1]);
+  for (int64_t g = prev + 1; g <= key; ++g) offsets[g] = static_cast<uint32_t>(i);
+  if (i == num_items - 1) {
+    for (int64_t g = key + 1; g <= num_groups; ++g) {
+      offsets[g] = static_cast<uint32_t>(num_items);
+    }
+  }
+}
+
+int SortByCluster(const KMeansRawArgs& a, uint32_t* vals_out,
+                  cudaStream_t stream) {
+  const int64_t items = static_cast<int64_t>(a.num_problems) * a.num_tokens;
+  size_t bytes = a.cub_temp_bytes;
+  cudaError_t err = cub::DeviceRadixSort::SortPairs(
+      a.cub_temp, bytes, a.sort_keys_in, a.sort_keys_out, a.sort_vals_in,
+      vals_out, static_cast<int>(items), 0, a.end_bit, stream);
+  if (err != cudaSuccess) return err;
+  const int64_t groups = static_cast<int64_t>(a.num_problems) * a.num_clusters;
+  OffsetsKernel<<<static_cast<unsigned>((items + 255) / 256), 256, 0,
+                  stream>>>(a.sort_keys_out, items, groups, a.offsets);
+  return cudaGetLastError();
+}
+
+// ---------------------------------------------------------- update, stats
+
+// One warp per (problem, cluster): normalised sum of the members' centred
+// keys (fp32, token order); an empty or zero-sum cluster keeps its centroid.
+template <typename T, int D>
+__global__ void UpdateKernel(KMeansRawArgs a, const uint32_t* members) {
+  constexpr int EPL = D / 32;
+  const int64_t g = (static_cast<int64_t>(blockIdx.x) * blockDim.x +
+                     threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (g >= static_cast<int64_t>(a.num_problems) * a.num_clusters) return;
+  const uint32_t b = a.offsets[g], e = a.offsets[g + 1];
+  if (b == e) return;
+  const int p = static_cast<int>(g / a.num_clusters);
+  const KMeansProblem prob = a.problems[p];
+  const T* keys = static_cast<const T*>(prob.keys);
+  float m[EPL], s[EPL];
+#pragma unroll
+  for (int j = 0; j < EPL; ++j) {
+    m[j] = a.mean[p * D + lane * EPL + j];
+    s[j] = 0.f;
+  }
+  for (uint32_t i = b; i < e; ++i) {
+    float x[EPL];
+    LoadLane<EPL>(keys + static_cast<int64_t>(members[i]) * prob.row_stride,
+                  lane, x);
+#pragma unroll
+    for (int j = 0; j < EPL; ++j) s[j] += x[j] - m[j];
+  }
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < EPL; ++j) ss += s[j] * s[j];
+  const float norm = sqrtf(WarpSum(ss));
+  if (!(norm > 0.f) || !isfinite(norm)) return;
+  const float inv = 1.f / norm;
+  uint16_t* out = a.cent + g * D + lane * EPL;
+#pragma unroll
+  for (int j = 0; j < EPL; ++j) out[j] = HalfBits(s[j] * inv);
+}
+
+template <typename T, int D>
+__global__ void StatsKernel(KMeansRawArgs a) {
+  constexpr int EPL = D / 32;
+  const int64_t g = (static_cast<int64_t>(blockIdx.x) * blockDim.x +
+                     threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (g >= static_cast<int64_t>(a.num_problems) * a.num_clusters) return;
+  const uint32_t b = a.offsets[g], e = a.offsets[g + 1];
+  const int p = static_cast<int>(g / a.num_clusters);
+  const KMeansProblem prob = a.problems[p];
+  const T* keys = static_cast<const T*>(prob.keys);
+  const T* values = static_cast<const T*>(prob.values);
+  double ks[EPL], vs[EPL];
+#pragma unroll
+  for (int j = 0; j < EPL; ++j) ks[j] = vs[j] = 0.0;
+  bool bad = false;
+  for (uint32_t i = b; i < e; ++i) {
+    const int64_t off = static_cast<int64_t>(a.slot_tokens[i]) * prob.row_stride;
+    float x[EPL], v[EPL];
+    LoadLane<EPL>(keys + off, lane, x);
+    LoadLane<EPL>(values + off, lane, v);
+#pragma unroll
+    for (int j = 0; j < EPL; ++j) {
+      ks[j] += x[j];
+      vs[j] += v[j];
+      bad |= !isfinite(v[j]);
+    }
+  }
+  const uint32_t size = e - b;
+  const double inv = size > 0 ? 1.0 / size : 0.0;
+  float* c = a.centroids + g * D + lane * EPL;
+  float* vo = a.value_sums + g * D + lane * EPL;
+#pragma unroll
+  for (int j = 0; j < EPL; ++j) {
+    c[j] = static_cast<float>(ks[j] * inv);
+    vo[j] = static_cast<float>(vs[j]);
+  }
+  if (lane == 0) a.sizes[g] = size;
+  if (bad) atomicExch(&a.flags[1], 1);
+}
+
+// ---------------------------------------------------------------- driver
+
+unsigned WarpBlocks(int64_t warps) {
+  return static_cast<unsigned>((warps + 7) / 8);  // 8 warps per block
+}
+
+template <typename T, int D>
+int Pipeline(const KMeansRawArgs& a, cudaStream_t stream) {
+  auto mark = [&](int phase) {
+    if (a.mark != nullptr) a.mark(a.mark_ctx, phase);
+  };
+  cudaError_t err;
+#define WAVEKV_CHECK_LAUNCH()                     \
+  do {                                            \
+    if ((err = cudaGetLastError()) != cudaSuccess) \
+      return err;                                 \
+  } while (0)
+
+  const int chunks = (a.num_tokens + kMeanChunkRows - 1) / kMeanChunkRows;
+  const int64_t rows = static_cast<int64_t>(a.num_problems) * a.num_tokens;
+  const int64_t groups =
+      static_cast<int64_t>(a.num_problems) * a.num_clusters;
+  if ((err = cudaMemsetAsync(a.flags, 0, 2 * sizeof(int), stream)) !=
+      cudaSuccess) {
+    return err;
+  }
+  MeanPartialKernel<T, D>
+      <<<dim3(chunks, a.num_problems), D, 0, stream>>>(a, chunks);
+  WAVEKV_CHECK_LAUNCH();
+  MeanFinalKernel<D><<<a.num_problems, D, 0, stream>>>(a, chunks);
+  WAVEKV_CHECK_LAUNCH();
+  CentreKernel<T, D><<<WarpBlocks(rows), 256, 0, stream>>>(a);
+  WAVEKV_CHECK_LAUNCH();
+  InitKernel<D><<<WarpBlocks(groups), 256, 0, stream>>>(a);
+  WAVEKV_CHECK_LAUNCH();
+  mark(kPhaseCentre);
+
+  constexpr int kSmem = AssignCfg<D>::kSmemBytes;
+  if ((err = cudaFuncSetAttribute(AssignKernel<D>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  kSmem)) != cudaSuccess) {
+    return err;
+  }
+  for (int it = 0; it < a.iterations; ++it) {
+    AssignKernel<D><<<dim3(a.num_seg_tiles, a.num_problems), 256, kSmem,
+                      stream>>>(a.seg_tiles, a.xhat, a.cent, a.num_tokens,
+                                a.num_clusters, a.assignment, a.sort_keys_in);
+    WAVEKV_CHECK_LAUNCH();
+    mark(kPhaseAssign);
+    if (int e = SortByCluster(a, a.slot_tokens, stream)) return e;
+    mark(kPhaseSort);
+    UpdateKernel<T, D><<<WarpBlocks(groups), 256, 0, stream>>>(
+        a, a.slot_tokens);
+    WAVEKV_CHECK_LAUNCH();
+    mark(kPhaseUpdate);
+  }
+  AssignKernel<D><<<dim3(a.num_all_tiles, a.num_problems), 256, kSmem,
+                    stream>>>(a.all_tiles, a.xhat, a.cent, a.num_tokens,
+                              a.num_clusters, a.assignment, a.sort_keys_in);
+  WAVEKV_CHECK_LAUNCH();
+  mark(kPhaseFinalAssign);
+  if (int e = SortByCluster(a, a.slot_tokens, stream)) return e;
+  mark(kPhaseFinalSort);
+  StatsKernel<T, D><<<WarpBlocks(groups), 256, 0, stream>>>(a);
+  WAVEKV_CHECK_LAUNCH();
+  mark(kPhaseStats);
+#undef WAVEKV_CHECK_LAUNCH
+  return cudaSuccess;
+}
+
+template <typename T>
+int DispatchDim(const KMeansRawArgs& a, cudaStream_t stream) {
+  switch (a.head_dim) {
+    case 64:
+      return Pipeline<T, 64>(a, stream);
+    case 128:
+      return Pipeline<T, 128>(a, stream);
+    case 256:
+      return Pipeline<T, 256>(a, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+size_t KMeansSortTempBytes(int64_t num_items, int end_bit) {
+  size_t bytes = 0;
+  cudaError_t err = cub::DeviceRadixSort::SortPairs(
+      nullptr, bytes, static_cast<const uint32_t*>(nullptr),
+      static_cast<uint32_t*>(nullptr), static_cast<const uint32_t*>(nullptr),
+      static_cast<uint32_t*>(nullptr), static_cast<int>(num_items), 0,
+      end_bit);
+  return err == cudaSuccess ? bytes : 0;
+}
+
+int LaunchKMeansRaw(const KMeansRawArgs& a, cudaStream_t stream) {
+  switch (a.dtype) {
+    case ElemType::kFp16:
+      return DispatchDim<__half>(a, stream);
+    case ElemType::kBf16:
+      return DispatchDim<__nv_bfloat16>(a, stream);
+    case ElemType::kFp32:
+      return DispatchDim<float>(a, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace wavekv::cuda
