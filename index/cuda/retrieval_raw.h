@@ -78,10 +78,10 @@ struct RetrievalArgs {
 size_t RetrievalWorkspaceBytes(uint32_t num_clusters, int group_size,
                                int head_dim);
 
-// Enqueues the kernels; returns a cudaError_t value (0 = ok).
+// Enqueues the kernels (grid sizes from the host copy `args.problems`);
+// returns a cudaError_t value (0 = ok).
 // REQUIRES: args validated by LaunchRetrieval (retrieval.h).
-int LaunchRetrievalRaw(const RetrievalArgs& args, uint32_t max_clusters,
-                       uint32_t max_estimation, cudaStream_t stream);
+int LaunchRetrievalRaw(const RetrievalArgs& args, cudaStream_t stream);
 
 }  // namespace wavekv::cuda
 
