@@ -182,7 +182,8 @@ int LaunchTail(const RetrievalArgs& a, uint32_t max_estimation,
     if (err != 0) return err;
   }
   const dim3 grid(a.group_size, a.num_problems);
-  TailMergeKernel < <<grid, a.head_dim<128 ? a.head_dim : 128, 0, stream>>>(a);
+  const int threads = a.head_dim < 128 ? a.head_dim : 128;
+  TailMergeKernel<<<grid, threads, 0, stream>>>(a);
   return static_cast<int>(cudaGetLastError());
 }
 
