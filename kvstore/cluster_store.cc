@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <new>
 #include <utility>
 
 #include "absl/base/internal/raw_logging.h"
@@ -10,26 +9,37 @@
 
 namespace wavekv {
 
-uint64_t ClusterStore::Segment::BytesFor(uint64_t num_slots, size_t row_bytes) {
+namespace {
+
+uint64_t PayloadBytes(uint64_t num_slots, size_t row_bytes) {
   return num_slots * (2 * row_bytes + sizeof(uint64_t));
 }
 
+}  // namespace
+
+uint64_t ClusterStore::Segment::BytesFor(uint64_t num_slots, size_t row_bytes) {
+  return HostArena::BlockBytes(PayloadBytes(num_slots, row_bytes));
+}
+
 absl::StatusOr<ClusterStore::Segment> ClusterStore::Segment::Allocate(
-    uint64_t first_slot, uint64_t num_slots, size_t row_bytes) {
+    uint64_t first_slot, uint64_t num_slots, size_t row_bytes,
+    HostArena* arena) {
   ABSL_RAW_CHECK(num_slots >= 1 && row_bytes > 0, "Segment: empty segment");
-  const uint64_t bytes = BytesFor(num_slots, row_bytes);
-  std::unique_ptr<uint8_t[]> data(new (std::nothrow) uint8_t[bytes]);
-  if (data == nullptr) {
-    return absl::ResourceExhaustedError(
+  if (arena == nullptr) arena = &HostArena::Default();
+  const uint64_t bytes = PayloadBytes(num_slots, row_bytes);
+  absl::StatusOr<HostBlock> data = arena->Allocate(bytes);
+  if (!data.ok()) {
+    return absl::Status(
+        data.status().code(),
         absl::StrCat("memory: allocating ", bytes,
-                     " bytes of host memory for the cluster store failed"));
+                     " bytes of host memory for the cluster store failed: ",
+                     data.status().message()));
   }
-  return Segment(first_slot, num_slots, row_bytes, std::move(data));
+  return Segment(first_slot, num_slots, row_bytes, *std::move(data));
 }
 
 ClusterStore::Segment::Segment(uint64_t first_slot, uint64_t num_slots,
-                               size_t row_bytes,
-                               std::unique_ptr<uint8_t[]> bytes)
+                               size_t row_bytes, HostBlock bytes)
     : first_slot_(first_slot),
       num_slots_(num_slots),
       row_bytes_(row_bytes),
@@ -38,12 +48,12 @@ ClusterStore::Segment::Segment(uint64_t first_slot, uint64_t num_slots,
 uint64_t* ClusterStore::Segment::positions() {
   // Rows are multiples of 8 bytes (SlotStore's requirement), so positions
   // are aligned.
-  return reinterpret_cast<uint64_t*>(bytes_.get() +
+  return reinterpret_cast<uint64_t*>(bytes_.data() +
                                      2 * num_slots_ * row_bytes_);
 }
 
 const uint64_t* ClusterStore::Segment::positions() const {
-  return reinterpret_cast<const uint64_t*>(bytes_.get() +
+  return reinterpret_cast<const uint64_t*>(bytes_.data() +
                                            2 * num_slots_ * row_bytes_);
 }
 

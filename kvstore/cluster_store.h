@@ -29,24 +29,28 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kvstore/host_arena.h"
 
 namespace wavekv {
 
 class ClusterStore {
  public:
   // One block's slots: [num_slots] key rows, [num_slots] value rows,
-  // [num_slots] uint64 positions, in one allocation.
+  // [num_slots] uint64 positions, in one HostArena block.
   class Segment {
    public:
-    // Bytes Allocate() takes for `num_slots` slots of `row_bytes`.
+    // Bytes Allocate() takes for `num_slots` slots of `row_bytes` (the
+    // arena block: what the memory budget holds).
     static uint64_t BytesFor(uint64_t num_slots, size_t row_bytes);
 
-    // A segment for slots [first_slot, first_slot + num_slots). Contents
-    // are uninitialised. ResourceExhausted if the allocation fails.
+    // A segment for slots [first_slot, first_slot + num_slots) from `arena`
+    // (HostArena::Default() if null), which must outlive it. Contents are
+    // uninitialised. ResourceExhausted if the allocation fails.
     // REQUIRES: num_slots >= 1; row_bytes > 0.
     static absl::StatusOr<Segment> Allocate(uint64_t first_slot,
                                             uint64_t num_slots,
-                                            size_t row_bytes);
+                                            size_t row_bytes,
+                                            HostArena* arena = nullptr);
 
     Segment(Segment&&) = default;
     Segment& operator=(Segment&&) = default;
@@ -56,12 +60,12 @@ class ClusterStore {
     uint64_t memory_bytes() const { return BytesFor(num_slots_, row_bytes_); }
 
     // Contiguous [num_slots][row_bytes] rows and [num_slots] positions.
-    uint8_t* keys() { return bytes_.get(); }
-    uint8_t* values() { return bytes_.get() + num_slots_ * row_bytes_; }
+    uint8_t* keys() { return bytes_.data(); }
+    uint8_t* values() { return bytes_.data() + num_slots_ * row_bytes_; }
     uint64_t* positions();
-    const uint8_t* keys() const { return bytes_.get(); }
+    const uint8_t* keys() const { return bytes_.data(); }
     const uint8_t* values() const {
-      return bytes_.get() + num_slots_ * row_bytes_;
+      return bytes_.data() + num_slots_ * row_bytes_;
     }
     const uint64_t* positions() const;
 
@@ -72,12 +76,12 @@ class ClusterStore {
 
    private:
     Segment(uint64_t first_slot, uint64_t num_slots, size_t row_bytes,
-            std::unique_ptr<uint8_t[]> bytes);
+            HostBlock bytes);
 
     uint64_t first_slot_;
     uint64_t num_slots_;
     size_t row_bytes_;
-    std::unique_ptr<uint8_t[]> bytes_;
+    HostBlock bytes_;
   };
 
   // REQUIRES: row_bytes > 0.

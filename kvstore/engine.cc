@@ -3,6 +3,7 @@
 // fetch_slots.cc.
 #include "kvstore/engine.h"
 
+#include <algorithm>
 #include <memory>
 #include <utility>
 
@@ -27,6 +28,16 @@ const char* DurabilityName(Durability durability) {
   return "UNKNOWN";
 }
 
+// Slabs of 64 MiB, or one slab the size of a small budget (tests).
+HostArenaOptions ArenaOptionsFor(const EngineOptions& options) {
+  HostArenaOptions arena;
+  const uint64_t budget_pages =
+      (options.memory_budget_bytes + kHostPageBytes - 1) / kHostPageBytes;
+  arena.slab_bytes = std::min<uint64_t>(arena.slab_bytes,
+                                        budget_pages * kHostPageBytes);
+  return arena;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(
@@ -38,6 +49,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(
 EngineImpl::EngineImpl(const EngineOptions& options)
     : options_(options),
       budget_(options.memory_budget_bytes),
+      arena_(ArenaOptionsFor(options)),
       sessions_(options.max_sessions, options.max_sessions_per_tenant,
                 &quotas_),
       builder_(options.index_threads, budget_, options.on_index_build_failure),
@@ -69,8 +81,9 @@ absl::StatusOr<SessionInfo> EngineImpl::CreateSession(
   const int64_t now = NowUnixMs();
   ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
                    sessions_.Create(tenant, [&](std::string id) {
-                     return std::make_shared<Session>(std::move(id), tenant,
-                                                      options, max_tokens, now);
+                     return std::make_shared<Session>(
+                         std::move(id), tenant, options, max_tokens, now,
+                         ChunkGeometry{}, &arena_);
                    }));
   return session->Info();
 }

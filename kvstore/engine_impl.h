@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kvstore/engine.h"
+#include "kvstore/host_arena.h"
 #include "kvstore/index_builder.h"
 #include "kvstore/memory_budget.h"
 #include "kvstore/session.h"
@@ -84,6 +85,8 @@ class EngineImpl final : public Engine {
 
   const EngineOptions options_;
   MemoryBudget budget_;
+  // Pinned host memory of every session's K/V; outlives the sessions.
+  HostArena arena_;
   TenantQuotas quotas_;  // before sessions_, which points to it
   SessionManager sessions_;
   // Destroyed before the members above: their threads use them.

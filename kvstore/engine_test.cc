@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
+#include "kvstore/host_arena.h"
 #include "kvstore/types.h"
 
 namespace wavekv {
@@ -82,15 +83,17 @@ struct LayerData {
 };
 
 // Bytes a SlotStore of the default geometry (16, 32, ..., 1024, then 1024
-// per chunk) holds for n slots of kRowBytes.
+// per chunk) holds for n slots of kRowBytes: one arena block per chunk.
 uint64_t StoreBytes(uint64_t n) {
   uint64_t capacity = 0;
+  uint64_t bytes = 0;
   uint64_t chunk = 16;
   while (capacity < n) {
     capacity += chunk;
+    bytes += HostArena::BlockBytes(chunk * (2 * kRowBytes + 8));
     chunk = std::min<uint64_t>(chunk * 2, 1024);
   }
-  return capacity * (2 * kRowBytes + 8);
+  return bytes;
 }
 
 void ExpectSameInfo(const SessionInfo& a, const SessionInfo& b) {

@@ -152,7 +152,8 @@ absl::StatusOr<bool> Session::BuildBlock(uint32_t layer_index, TokenSpan block,
       out.fresh = true;
     }
     absl::StatusOr<ClusterStore::Segment> segment =
-        ClusterStore::Segment::Allocate(out.index->num_slots(), n, row_bytes);
+        ClusterStore::Segment::Allocate(out.index->num_slots(), n, row_bytes,
+                                        arena_);
     if (!segment.ok()) {
       out.status = Annotate(segment.status(), what);
       return;

@@ -56,30 +56,31 @@ class Session::LayerWriteLocks {
 };
 
 Session::Layer::Layer(size_t num_kv_heads, size_t row_bytes,
-                      ChunkGeometry geometry) {
+                      ChunkGeometry geometry, HostArena* arena) {
   absl::MutexLock lock(&mu);
   heads.reserve(num_kv_heads);
   for (size_t h = 0; h < num_kv_heads; ++h) {
-    heads.emplace_back(row_bytes, geometry);
+    heads.emplace_back(row_bytes, geometry, arena);
   }
 }
 
 Session::Session(std::string id, TenantId tenant, const SessionOptions& options,
                  uint64_t max_tokens, int64_t now_unix_ms,
-                 ChunkGeometry geometry)
+                 ChunkGeometry geometry, HostArena* arena)
     : id_(std::move(id)),
       tenant_(std::move(tenant)),
       options_(options),
       params_(ToWaveIndexParams(options.index)),
       max_tokens_(max_tokens),
       created_unix_ms_(now_unix_ms),
+      arena_(arena != nullptr ? arena : &HostArena::Default()),
       last_access_unix_ms_(now_unix_ms) {
   const size_t row_bytes =
       size_t{options_.shape.head_dim} * DTypeBytes(options_.shape.dtype);
   layers_.reserve(options_.shape.num_layers);
   for (uint32_t l = 0; l < options_.shape.num_layers; ++l) {
     layers_.push_back(std::make_unique<Layer>(options_.shape.num_kv_heads,
-                                              row_bytes, geometry));
+                                              row_bytes, geometry, arena_));
   }
 }
 

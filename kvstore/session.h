@@ -54,6 +54,7 @@
 #include "index/wave_index.h"
 #include "index/wave_index_params.h"
 #include "kvstore/cluster_store.h"
+#include "kvstore/host_arena.h"
 #include "kvstore/memory_budget.h"
 #include "kvstore/slot_store.h"
 #include "kvstore/tenant_quota.h"
@@ -73,8 +74,8 @@ WaveIndexParams ToWaveIndexParams(const IndexOptions& options);
 
 // The stores of one kv head of one layer (see above).
 struct HeadStore {
-  HeadStore(size_t row_bytes, ChunkGeometry geometry)
-      : tokens(row_bytes, geometry), clusters(row_bytes) {}
+  HeadStore(size_t row_bytes, ChunkGeometry geometry, HostArena* arena)
+      : tokens(row_bytes, geometry, arena), clusters(row_bytes) {}
 
   SlotStore tokens;
   ClusterStore clusters;
@@ -107,7 +108,7 @@ class Session {
   // REQUIRES: options.Validate() ok; 1 <= max_tokens.
   Session(std::string id, TenantId tenant, const SessionOptions& options,
           uint64_t max_tokens, int64_t now_unix_ms,
-          ChunkGeometry geometry = {});
+          ChunkGeometry geometry = {}, HostArena* arena = nullptr);
 
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -215,7 +216,8 @@ class Session {
 
  private:
   struct Layer {
-    Layer(size_t num_kv_heads, size_t row_bytes, ChunkGeometry geometry);
+    Layer(size_t num_kv_heads, size_t row_bytes, ChunkGeometry geometry,
+          HostArena* arena);
 
     mutable absl::Mutex mu;
     std::vector<HeadStore> heads ABSL_GUARDED_BY(mu);
@@ -247,6 +249,8 @@ class Session {
   const WaveIndexParams params_;
   const uint64_t max_tokens_;
   const int64_t created_unix_ms_;
+  // Where the stores' chunks and segments come from (outlives the session).
+  HostArena* const arena_;
   std::vector<std::unique_ptr<Layer>> layers_;  // fixed after construction
 
   // Written only while every layer's writer lock is held (Close), so any

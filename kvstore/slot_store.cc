@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
-#include <new>
 #include <utility>
 
 #include "absl/base/internal/raw_logging.h"
@@ -30,8 +29,10 @@ absl::Status ChunkGeometry::Validate() const {
   return absl::OkStatus();
 }
 
-SlotStore::SlotStore(size_t row_bytes, ChunkGeometry geometry)
-    : row_bytes_(row_bytes), geometry_(geometry) {
+SlotStore::SlotStore(size_t row_bytes, ChunkGeometry geometry, HostArena* arena)
+    : row_bytes_(row_bytes),
+      geometry_(geometry),
+      arena_(arena != nullptr ? arena : &HostArena::Default()) {
   ABSL_RAW_CHECK(row_bytes > 0 && row_bytes % 8 == 0,
                  "SlotStore: row_bytes must be a positive multiple of 8");
   ABSL_RAW_CHECK(geometry.Validate().ok(), "SlotStore: bad ChunkGeometry");
@@ -65,6 +66,10 @@ uint64_t SlotStore::ChunkBytes(uint32_t slots) const {
   return uint64_t{slots} * (2 * row_bytes_ + sizeof(uint64_t));
 }
 
+uint64_t SlotStore::ChunkBlockBytes(uint32_t slots) const {
+  return HostArena::BlockBytes(ChunkBytes(slots));
+}
+
 SlotStore::Location SlotStore::Locate(uint64_t slot) const {
   if (slot < ramp_slots_) {
     // Chunk k starts at first * (2^k - 1).
@@ -80,15 +85,15 @@ SlotStore::Location SlotStore::Locate(uint64_t slot) const {
 }
 
 uint8_t* SlotStore::KeyRow(const Chunk& c, uint32_t offset) const {
-  return c.bytes.get() + size_t{offset} * row_bytes_;
+  return c.bytes.data() + size_t{offset} * row_bytes_;
 }
 
 uint8_t* SlotStore::ValueRow(const Chunk& c, uint32_t offset) const {
-  return c.bytes.get() + (size_t{c.slots} + offset) * row_bytes_;
+  return c.bytes.data() + (size_t{c.slots} + offset) * row_bytes_;
 }
 
 uint8_t* SlotStore::PositionAt(const Chunk& c, uint32_t offset) const {
-  return c.bytes.get() + 2 * size_t{c.slots} * row_bytes_ +
+  return c.bytes.data() + 2 * size_t{c.slots} * row_bytes_ +
          size_t{offset} * sizeof(uint64_t);
 }
 
@@ -100,12 +105,12 @@ uint64_t SlotStore::GrowthBytes(uint64_t num_slots) const {
   for (; capacity < num_slots && k < ramp_chunks_; ++k) {
     const uint32_t slots = ChunkSlots(k);
     capacity += slots;
-    bytes += ChunkBytes(slots);
+    bytes += ChunkBlockBytes(slots);
   }
   if (capacity < num_slots) {
     const uint64_t max_slots = geometry_.max_chunk_slots;
     const uint64_t chunks = (num_slots - capacity + max_slots - 1) / max_slots;
-    bytes += chunks * ChunkBytes(geometry_.max_chunk_slots);
+    bytes += chunks * ChunkBlockBytes(geometry_.max_chunk_slots);
   }
   return bytes;
 }
@@ -117,20 +122,22 @@ absl::Status SlotStore::Reserve(uint64_t num_slots) {
   while (capacity_slots_ < num_slots) {
     const uint32_t slots = ChunkSlots(chunks_.size());
     const uint64_t bytes = ChunkBytes(slots);
-    Chunk chunk;
-    chunk.bytes.reset(new (std::nothrow) uint8_t[bytes]);
-    if (chunk.bytes == nullptr) {
+    absl::StatusOr<HostBlock> block = arena_->Allocate(bytes);
+    if (!block.ok()) {
       chunks_.resize(chunks_before);
       capacity_slots_ = capacity_before;
       memory_bytes_ = memory_before;
-      return absl::ResourceExhaustedError(
-          absl::StrCat("memory: allocating a chunk of ", bytes,
-                       " bytes of host memory failed"));
+      return absl::Status(block.status().code(),
+                          absl::StrCat("memory: allocating a chunk of ", bytes,
+                                       " bytes of host memory failed: ",
+                                       block.status().message()));
     }
+    Chunk chunk;
+    chunk.bytes = *std::move(block);
     chunk.slots = slots;
+    memory_bytes_ += chunk.bytes.bytes();
     chunks_.push_back(std::move(chunk));
     capacity_slots_ += slots;
-    memory_bytes_ += bytes;
   }
   return absl::OkStatus();
 }
@@ -141,7 +148,7 @@ uint64_t SlotStore::ReleaseUnused() {
   while (!chunks_.empty() &&
          capacity_slots_ - chunks_.back().slots >= num_slots_) {
     const uint32_t slots = chunks_.back().slots;
-    freed += ChunkBytes(slots);
+    freed += chunks_.back().bytes.bytes();
     capacity_slots_ -= slots;
     chunks_.pop_back();
   }
@@ -219,11 +226,11 @@ uint64_t SlotStore::DropRange(uint64_t begin, uint64_t end) {
   for (size_t k = Locate(begin).chunk; k <= last; ++k) {
     Chunk& chunk = chunks_[k];
     const uint64_t start = ChunkStart(k);
-    if (chunk.bytes == nullptr || start < begin || start + chunk.slots > end) {
+    if (!chunk.bytes || start < begin || start + chunk.slots > end) {
       continue;
     }
+    freed += chunk.bytes.bytes();
     chunk.bytes.reset();
-    freed += ChunkBytes(chunk.slots);
   }
   memory_bytes_ -= freed;
   return freed;

@@ -6,13 +6,14 @@
 // them, slot i holds token i. A slot is `row_bytes` of key, `row_bytes` of
 // value ([head_dim] in the session dtype) and a uint64 position.
 //
-// Memory comes in chunks, each one allocation holding the keys, values and
-// positions of its slots. Chunk sizes start at `first_chunk_slots` and double
-// up to `max_chunk_slots`, then stay there: small sessions (decode tests,
-// short prompts) do not pay for a 1024-slot chunk per kv head of every layer,
-// and long ones waste at most one chunk. memory_bytes() is the exact sum of
-// the chunk allocations, and GrowthBytes() tells in advance what growing will
-// allocate, so callers can reserve budget before they allocate.
+// Memory comes in chunks, each one block of a HostArena (pinned host memory)
+// holding the keys, values and positions of its slots. Chunk sizes start at
+// `first_chunk_slots` and double up to `max_chunk_slots`, then stay there:
+// small sessions (decode tests, short prompts) do not pay for a 1024-slot chunk
+// per kv head of every layer, and long ones waste at most one chunk.
+// memory_bytes() is the exact sum of the chunk allocations, and GrowthBytes()
+// tells in advance what growing will allocate, so callers can reserve budget
+// before they allocate.
 //
 // Once the wave index clusters a range of tokens, their slots are dropped
 // (DropRange) and the chunks entirely inside the range are freed; slot
@@ -37,6 +38,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kvstore/host_arena.h"
 
 namespace wavekv {
 
@@ -53,8 +55,11 @@ struct ChunkGeometry {
 
 class SlotStore {
  public:
+  // Chunks come from `arena` (HostArena::Default() if null), which must
+  // outlive the store.
   // REQUIRES: row_bytes > 0 and row_bytes % 8 == 0; geometry.Validate() ok.
-  explicit SlotStore(size_t row_bytes, ChunkGeometry geometry = {});
+  explicit SlotStore(size_t row_bytes, ChunkGeometry geometry = {},
+                     HostArena* arena = nullptr);
 
   SlotStore(SlotStore&&) = default;
   SlotStore& operator=(SlotStore&&) = default;
@@ -65,7 +70,7 @@ class SlotStore {
   uint64_t num_slots() const { return num_slots_; }
   // Slots the allocated chunks can hold.
   uint64_t capacity_slots() const { return capacity_slots_; }
-  // Bytes of all chunk allocations (exact).
+  // Bytes of all chunks' arena blocks (exact).
   uint64_t memory_bytes() const { return memory_bytes_; }
 
   // Bytes Reserve(num_slots) would allocate now (0 if the capacity suffices).
@@ -113,8 +118,8 @@ class SlotStore {
 
  private:
   struct Chunk {
-    // [slots] K, [slots] V, [slots] pos; null once dropped (DropRange).
-    std::unique_ptr<uint8_t[]> bytes;
+    // [slots] K, [slots] V, [slots] pos; empty once dropped (DropRange).
+    HostBlock bytes;
     uint32_t slots = 0;
   };
   struct Location {
@@ -125,6 +130,8 @@ class SlotStore {
   uint32_t ChunkSlots(size_t chunk_index) const;
   uint64_t ChunkStart(size_t chunk_index) const;
   uint64_t ChunkBytes(uint32_t slots) const;
+  // The arena block of a chunk of `slots` (what the budget holds).
+  uint64_t ChunkBlockBytes(uint32_t slots) const;
   Location Locate(uint64_t slot) const;
   uint8_t* KeyRow(const Chunk& c, uint32_t offset) const;
   uint8_t* ValueRow(const Chunk& c, uint32_t offset) const;
@@ -132,6 +139,7 @@ class SlotStore {
 
   size_t row_bytes_;
   ChunkGeometry geometry_;
+  HostArena* arena_;
   uint32_t ramp_chunks_;  // chunks of the doubling ramp
   uint64_t ramp_slots_;   // slots of the ramp chunks together
   std::vector<Chunk> chunks_;

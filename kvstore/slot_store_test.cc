@@ -1,14 +1,33 @@
 #include "kvstore/slot_store.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kvstore/host_arena.h"
 
 namespace wavekv {
 namespace {
+
+// The arena block of a chunk of `slots` slots of `slot_bytes` each.
+uint64_t Block(uint64_t slots, uint64_t slot_bytes) {
+  return HostArena::BlockBytes(slots * slot_bytes);
+}
+
+// The blocks of the chunks holding `capacity` slots: first, 2*first, ...,
+// max, max, ...
+uint64_t ChunkBlocks(uint64_t capacity, uint64_t first, uint64_t max,
+                     uint64_t slot_bytes) {
+  uint64_t bytes = 0;
+  for (uint64_t chunk = first, held = 0; held < capacity;
+       held += chunk, chunk = std::min(2 * chunk, max)) {
+    bytes += Block(chunk, slot_bytes);
+  }
+  return bytes;
+}
 
 // Deterministic contents of token t's key (v=0) or value (v=1) row.
 std::vector<uint8_t> Row(size_t row_bytes, uint64_t t, int v) {
@@ -78,12 +97,16 @@ TEST(SlotStoreTest, ChunksDoubleThenStayAtMaxAndAccountingIsExact) {
   const uint64_t slot_bytes = 2 * row + 8;
   SlotStore store(row, ChunkGeometry{4, 16});
   // Ramp 4, 8, 16 (28 slots), then 16 per chunk.
-  EXPECT_EQ(store.GrowthBytes(1), 4 * slot_bytes);
-  EXPECT_EQ(store.GrowthBytes(5), 12 * slot_bytes);
-  EXPECT_EQ(store.GrowthBytes(28), 28 * slot_bytes);
-  EXPECT_EQ(store.GrowthBytes(29), 44 * slot_bytes);
-  EXPECT_EQ(store.GrowthBytes(28 + 16 * 3), (28 + 48) * slot_bytes);
-  EXPECT_EQ(store.GrowthBytes(28 + 16 * 3 + 1), (28 + 64) * slot_bytes);
+  // Each chunk is one arena block: 288 -> 512, 576 -> 768, 1152 -> 1280.
+  const uint64_t b4 = Block(4, slot_bytes), b8 = Block(8, slot_bytes),
+                 b16 = Block(16, slot_bytes);
+  EXPECT_EQ(b4, 512u);
+  EXPECT_EQ(store.GrowthBytes(1), b4);
+  EXPECT_EQ(store.GrowthBytes(5), b4 + b8);
+  EXPECT_EQ(store.GrowthBytes(28), b4 + b8 + b16);
+  EXPECT_EQ(store.GrowthBytes(29), b4 + b8 + 2 * b16);
+  EXPECT_EQ(store.GrowthBytes(28 + 16 * 3), b4 + b8 + 4 * b16);
+  EXPECT_EQ(store.GrowthBytes(28 + 16 * 3 + 1), b4 + b8 + 5 * b16);
 
   uint64_t expected_memory = 0;
   for (uint64_t n : {1, 3, 4, 5, 27, 28, 29, 100}) {
@@ -91,7 +114,8 @@ TEST(SlotStoreTest, ChunksDoubleThenStayAtMaxAndAccountingIsExact) {
     ASSERT_TRUE(store.Reserve(n).ok());
     expected_memory += growth;
     EXPECT_EQ(store.memory_bytes(), expected_memory) << n;
-    EXPECT_EQ(store.memory_bytes(), store.capacity_slots() * slot_bytes);
+    EXPECT_EQ(store.memory_bytes(),
+              ChunkBlocks(store.capacity_slots(), 4, 16, slot_bytes));
     EXPECT_GE(store.capacity_slots(), n);
     EXPECT_EQ(store.GrowthBytes(n), 0u);
   }
@@ -153,7 +177,7 @@ TEST(SlotStoreTest, ClearFreesEverything) {
   SlotStore store(128);
   AppendTokens(store, 0, 3000, 2, 1);
   const uint64_t memory = store.memory_bytes();
-  EXPECT_EQ(memory, store.capacity_slots() * (2 * 128 + 8));
+  EXPECT_EQ(memory, ChunkBlocks(store.capacity_slots(), 16, 1024, 2 * 128 + 8));
   EXPECT_EQ(store.Clear(), memory);
   EXPECT_EQ(store.memory_bytes(), 0u);
   EXPECT_EQ(store.num_slots(), 0u);
@@ -178,10 +202,11 @@ TEST(SlotStoreTest, DropRangeFreesWholeChunksAndKeepsTheRest) {
   AppendTokens(store, 0, 70, 1, 0);
   const uint64_t full = store.memory_bytes();
   const uint64_t per_slot = 2 * 16 + 8;
+  const uint64_t b8 = Block(8, per_slot), b16 = Block(16, per_slot);
   EXPECT_EQ(store.DropRange(2, 2), 0u);
   // [2, 20): frees only [4, 12).
-  EXPECT_EQ(store.DropRange(2, 20), 8 * per_slot);
-  EXPECT_EQ(store.memory_bytes(), full - 8 * per_slot);
+  EXPECT_EQ(store.DropRange(2, 20), b8);
+  EXPECT_EQ(store.memory_bytes(), full - b8);
   EXPECT_FALSE(store.Holds(1, 2));
   EXPECT_FALSE(store.Holds(19, 1));
   EXPECT_TRUE(store.Holds(0, 2));
@@ -190,8 +215,8 @@ TEST(SlotStoreTest, DropRangeFreesWholeChunksAndKeepsTheRest) {
   ExpectSlots(store, 0, 2);
   ExpectSlots(store, 20, 50);
   // Growing the range frees [12, 28) and [28, 44); [44, 60) stays.
-  EXPECT_EQ(store.DropRange(2, 50), 32 * per_slot);
-  EXPECT_EQ(store.memory_bytes(), full - 40 * per_slot);
+  EXPECT_EQ(store.DropRange(2, 50), 2 * b16);
+  EXPECT_EQ(store.memory_bytes(), full - b8 - 2 * b16);
   EXPECT_EQ(store.dropped_begin(), 2u);
   EXPECT_EQ(store.dropped_end(), 50u);
   ExpectSlots(store, 50, 20);
@@ -199,9 +224,9 @@ TEST(SlotStoreTest, DropRangeFreesWholeChunksAndKeepsTheRest) {
   // Appends go on at the end; accounting stays exact.
   const uint64_t growth = store.GrowthBytes(100);
   AppendTokens(store, 70, 30, 1, 0);
-  EXPECT_EQ(store.memory_bytes(), full - 40 * per_slot + growth);
+  EXPECT_EQ(store.memory_bytes(), full - b8 - 2 * b16 + growth);
   ExpectSlots(store, 50, 50);
-  EXPECT_EQ(store.Clear(), full - 40 * per_slot + growth);
+  EXPECT_EQ(store.Clear(), full - b8 - 2 * b16 + growth);
   EXPECT_EQ(store.memory_bytes(), 0u);
   EXPECT_FALSE(store.Holds(0, 1));
 }
