@@ -29,15 +29,13 @@ absl::StatusOr<std::vector<PreparedBlock>> PrepareBlocksOnGpu(
     absl::Span<const WaveIndex* const> indexes, cudaStream_t stream) {
   RETURN_IF_ERROR(params.Validate());
   if (indexes.size() != problems.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("indexes: ", indexes.size(), " for ", problems.size(),
-                     " problems"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "indexes: ", indexes.size(), " for ", problems.size(), " problems"));
   }
   for (size_t i = 0; i < indexes.size(); ++i) {
     const WaveIndex* index = indexes[i];
     if (index == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("indexes[", i, "]: null"));
+      return absl::InvalidArgumentError(absl::StrCat("indexes[", i, "]: null"));
     }
     if (index->head_dim() != static_cast<size_t>(head_dim)) {
       return absl::InvalidArgumentError(

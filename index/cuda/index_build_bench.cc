@@ -38,8 +38,8 @@ using wavekv::WaveIndexParams;
 using namespace wavekv::cuda;
 
 const char* kPhaseNames[kNumKMeansPhases] = {
-    "centre", "assign", "sort", "update", "final_assign", "final_sort",
-    "stats"};
+    "centre",       "assign",     "sort", "update",
+    "final_assign", "final_sort", "stats"};
 
 bool Check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
@@ -119,8 +119,8 @@ bool TimeRun(GpuSegmentedKMeans& km, const GpuKMeansPlan& plan,
 void PrintRow(const char* label, uint64_t n, const char* plan_name,
               size_t problems, uint32_t clusters, const Timing& t) {
   std::printf("| %s | %llu | %s | %zu x %u | %.3f |", label,
-              static_cast<unsigned long long>(n), plan_name, problems,
-              clusters, t.median_ms);
+              static_cast<unsigned long long>(n), plan_name, problems, clusters,
+              t.median_ms);
   for (int p = 0; p < kNumKMeansPhases; ++p) {
     std::printf(" %.3f |", t.phases.ms[p]);
   }
@@ -194,7 +194,8 @@ int main(int argc, char** argv) {
       std::vector<KMeansProblem> problems;
       for (uint64_t b = 0; b + block <= n; b += block) {
         for (int h = 0; h < kv_heads; ++h) {
-          const int64_t off = (static_cast<int64_t>(b) * row + h * head_dim) * 2;
+          const int64_t off =
+              (static_cast<int64_t>(b) * row + h * head_dim) * 2;
           problems.push_back({static_cast<char*>(keys) + off,
                               static_cast<char*>(values) + off, row});
         }
@@ -207,8 +208,8 @@ int main(int argc, char** argv) {
       GpuSegmentedKMeans km;
       Timing t;
       ok = TimeRun(km, plan, problems, reps, t) && ok;
-      PrintRow("prefill", n, "engine", problems.size(),
-               Clusters(plan.segments), t);
+      PrintRow("prefill", n, "engine", problems.size(), Clusters(plan.segments),
+               t);
     }
     {
       std::vector<KMeansProblem> problems;
@@ -225,8 +226,8 @@ int main(int argc, char** argv) {
       GpuSegmentedKMeans km;
       Timing t;
       ok = TimeRun(km, plan, problems, n >= 524288 ? 1 : reps, t) && ok;
-      PrintRow("prefill", n, "single", problems.size(),
-               Clusters(plan.segments), t);
+      PrintRow("prefill", n, "single", problems.size(), Clusters(plan.segments),
+               t);
     }
     cudaFree(keys);
     cudaFree(values);

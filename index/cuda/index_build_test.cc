@@ -108,8 +108,8 @@ TEST(GpuIndexBuild, PrefillAndDecodeUpdateMatchCpu) {
       rows.values = layer.values.data() + h * d * elem;
       rows.row_stride_bytes = heads * d * elem;
       ASSERT_TRUE(cpu[h].AddBlock(params, first_token, rows, 4).ok());
-      ExpectSameIndex(gpu[h], cpu[h], std::string(what) + " head " +
-                                          std::to_string(h));
+      ExpectSameIndex(gpu[h], cpu[h],
+                      std::string(what) + " head " + std::to_string(h));
     }
   };
   add(prefill, first, n, "prefill");
@@ -134,8 +134,8 @@ TEST(GpuIndexBuild, RejectsMismatchesWithoutChangingAnything) {
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(PrepareBlocksOnGpu(km, params, DType::kFp16, 128, 4, 2048, one,
-                               {}, nullptr)
+  EXPECT_EQ(PrepareBlocksOnGpu(km, params, DType::kFp16, 128, 4, 2048, one, {},
+                               nullptr)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);

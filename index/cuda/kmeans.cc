@@ -27,8 +27,8 @@ uint32_t TotalClusters(const GpuKMeansPlan& plan) {
 // Offsets of every array inside the one workspace allocation.
 struct Layout {
   size_t problems, segments, seg_tiles, all_tiles, mean_partials, mean, xhat,
-      cent, keys_in, keys_out, vals_in, offsets, flags, assignment,
-      slot_tokens, sizes, centroids, value_sums, cub_temp, cub_bytes, total;
+      cent, keys_in, keys_out, vals_in, offsets, flags, assignment, slot_tokens,
+      sizes, centroids, value_sums, cub_temp, cub_bytes, total;
 };
 
 Layout MakeLayout(int num_problems, uint32_t n, uint32_t k, int d,
@@ -73,10 +73,10 @@ std::vector<AssignTile> SegmentTiles(const GpuKMeansPlan& plan) {
   uint32_t first = 0;
   for (const SegmentPlan& s : plan.segments) {
     for (uint64_t r = s.begin; r < s.end; r += kAssignRows) {
-      tiles.push_back({static_cast<uint32_t>(r),
-                       static_cast<uint32_t>(std::min<uint64_t>(
-                           s.end, r + kAssignRows)),
-                       first, first + s.num_clusters});
+      tiles.push_back(
+          {static_cast<uint32_t>(r),
+           static_cast<uint32_t>(std::min<uint64_t>(s.end, r + kAssignRows)),
+           first, first + s.num_clusters});
     }
     first += s.num_clusters;
   }
@@ -123,12 +123,12 @@ absl::Status GpuSegmentedKMeans::Validate(
   }
   if (plan.dtype != ElemType::kFp16 && plan.dtype != ElemType::kBf16 &&
       plan.dtype != ElemType::kFp32) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "dtype: unknown value ", static_cast<int>(plan.dtype)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("dtype: unknown value ", static_cast<int>(plan.dtype)));
   }
   if (plan.iterations < 1 || plan.iterations > 100) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "iterations: must be in [1, 100], got ", plan.iterations));
+    return absl::InvalidArgumentError(
+        absl::StrCat("iterations: must be in [1, 100], got ", plan.iterations));
   }
   if (plan.num_tokens == 0) {
     return absl::InvalidArgumentError("num_tokens: must be > 0");
@@ -147,17 +147,17 @@ absl::Status GpuSegmentedKMeans::Validate(
     clusters += seg.num_clusters;
   }
   if (expect != plan.num_tokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("segments: cover [0, ", expect, "), expected [0, ",
-                     plan.num_tokens, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("segments: cover [0, ",
+                                                   expect, "), expected [0, ",
+                                                   plan.num_tokens, ")"));
   }
   if (problems.empty() || problems.size() > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "problems: need 1 to 65535, got ", problems.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("problems: need 1 to 65535, got ", problems.size()));
   }
   const uint64_t p = problems.size();
-  if (p * plan.num_tokens > static_cast<uint64_t>(
-                                std::numeric_limits<int32_t>::max()) ||
+  if (p * plan.num_tokens >
+          static_cast<uint64_t>(std::numeric_limits<int32_t>::max()) ||
       p * clusters >= std::numeric_limits<uint32_t>::max()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "problems: ", p, " x ", plan.num_tokens, " tokens x ", clusters,
@@ -169,9 +169,9 @@ absl::Status GpuSegmentedKMeans::Validate(
           absl::StrCat("problems[", i, "].keys/values: null"));
     }
     if (problems[i].row_stride < plan.head_dim) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "problems[", i, "].row_stride: ", problems[i].row_stride,
-          " elements is less than head_dim ", plan.head_dim));
+      return absl::InvalidArgumentError(
+          absl::StrCat("problems[", i, "].row_stride: ", problems[i].row_stride,
+                       " elements is less than head_dim ", plan.head_dim));
     }
   }
   return absl::OkStatus();
@@ -359,7 +359,8 @@ absl::StatusOr<std::vector<GpuKMeansResult>> GpuSegmentedKMeans::CopyResults(
     GpuKMeansResult& r = out[i];
     r.num_clusters = k;
     r.dim = d;
-    r.centroids.assign(cent.begin() + i * k * d, cent.begin() + (i + 1) * k * d);
+    r.centroids.assign(cent.begin() + i * k * d,
+                       cent.begin() + (i + 1) * k * d);
     r.value_sums.assign(vs.begin() + i * k * d, vs.begin() + (i + 1) * k * d);
     r.sizes.assign(sizes.begin() + i * k, sizes.begin() + (i + 1) * k);
     r.assignment.assign(assign.begin() + i * n, assign.begin() + (i + 1) * n);

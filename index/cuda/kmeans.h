@@ -42,10 +42,10 @@ namespace wavekv::cuda {
 // Shape shared by every problem of one Run.
 struct GpuKMeansPlan {
   ElemType dtype = ElemType::kFp16;
-  int head_dim = 128;        // 64, 128 or 256
-  uint32_t num_tokens = 0;   // per problem, > 0
+  int head_dim = 128;                 // 64, 128 or 256
+  uint32_t num_tokens = 0;            // per problem, > 0
   std::vector<SegmentPlan> segments;  // must tile [0, num_tokens)
-  uint32_t iterations = 9;   // 1..100
+  uint32_t iterations = 9;            // 1..100
 };
 
 // One problem's results, copied to the host.

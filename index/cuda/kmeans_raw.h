@@ -38,13 +38,13 @@ constexpr int kMeanChunkRows = 512;
 
 // Phases reported to KMeansRawArgs::mark after their kernels are enqueued.
 enum KMeansPhase : int {
-  kPhaseCentre = 0,     // mean, centring + normalising, initial centroids
-  kPhaseAssign = 1,     // in-segment scoring + argmax (all iterations)
-  kPhaseSort = 2,       // stable sort by cluster + boundaries (iterations)
-  kPhaseUpdate = 3,     // centroid means + normalisation (iterations)
+  kPhaseCentre = 0,  // mean, centring + normalising, initial centroids
+  kPhaseAssign = 1,  // in-segment scoring + argmax (all iterations)
+  kPhaseSort = 2,    // stable sort by cluster + boundaries (iterations)
+  kPhaseUpdate = 3,  // centroid means + normalisation (iterations)
   kPhaseFinalAssign = 4,
   kPhaseFinalSort = 5,
-  kPhaseStats = 6,      // sizes, centroids, value sums
+  kPhaseStats = 6,  // sizes, centroids, value sums
   kNumKMeansPhases = 7,
 };
 
@@ -67,10 +67,10 @@ struct KMeansRawArgs {
   int num_all_tiles = 0;
 
   // Workspace (device), see KMeansWorkspaceLayout in kmeans.cc.
-  double* mean_partials = nullptr;  // [P][chunks][D]
-  float* mean = nullptr;            // [P][D]
-  uint16_t* xhat = nullptr;         // [P][n][D] fp16, unit centred keys
-  uint16_t* cent = nullptr;         // [P][K][D] fp16, unit centroids
+  double* mean_partials = nullptr;    // [P][chunks][D]
+  float* mean = nullptr;              // [P][D]
+  uint16_t* xhat = nullptr;           // [P][n][D] fp16, unit centred keys
+  uint16_t* cent = nullptr;           // [P][K][D] fp16, unit centroids
   uint32_t* sort_keys_in = nullptr;   // [P*n]
   uint32_t* sort_keys_out = nullptr;  // [P*n]
   uint32_t* sort_vals_in = nullptr;   // [P*n], token within problem

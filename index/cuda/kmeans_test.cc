@@ -98,10 +98,10 @@ void CheckInvariants(const GpuKMeansResult& r, const std::vector<float>& keys,
         ASSERT_EQ(r.value_sums[c * d + j], 0.f) << "empty cluster " << c;
       }
     }
-    worst_c = std::max(worst_c, RelDiff(r.centroids.data() + c * d,
-                                        mean.data(), d));
-    worst_v = std::max(worst_v, RelDiff(r.value_sums.data() + c * d,
-                                        vsum.data(), d));
+    worst_c =
+        std::max(worst_c, RelDiff(r.centroids.data() + c * d, mean.data(), d));
+    worst_v =
+        std::max(worst_v, RelDiff(r.value_sums.data() + c * d, vsum.data(), d));
   }
   EXPECT_LE(worst_c, 1e-5) << "centroid is not the member mean";
   EXPECT_LE(worst_v, 1e-5) << "value sum is not sum of member values";
@@ -238,11 +238,13 @@ TEST_P(GpuKMeansTest, RandomDataQualityAndInvariants) {
     const double q_cpu =
         MeanCosine(b.keys[i], n, d, ref.km.centroids, ref.km.assignment);
     size_t same = 0;
-    for (size_t t = 0; t < n; ++t) same += r.assignment[t] == ref.km.assignment[t];
-    std::printf("[quality] %s d=%zu problem %zu: mean cosine gpu %.4f cpu %.4f,"
-                " same assignment %.1f%%\n",
-                std::string(DTypeName(c.dtype)).c_str(), d, i, q_gpu, q_cpu,
-                100.0 * same / n);
+    for (size_t t = 0; t < n; ++t)
+      same += r.assignment[t] == ref.km.assignment[t];
+    std::printf(
+        "[quality] %s d=%zu problem %zu: mean cosine gpu %.4f cpu %.4f,"
+        " same assignment %.1f%%\n",
+        std::string(DTypeName(c.dtype)).c_str(), d, i, q_gpu, q_cpu,
+        100.0 * same / n);
     EXPECT_GT(q_cpu, 0.0);
     EXPECT_NEAR(q_gpu, q_cpu, 0.02 * q_cpu);
   }
@@ -265,7 +267,8 @@ TEST(GpuKMeansDefaultShape, SeparatedDataMatchesCpu) {
   const std::vector<SegmentPlan> segs = PlanSegments(WaveIndexParams{}, n);
   ASSERT_EQ(segs.size(), 2u);
   ASSERT_EQ(segs[0].num_clusters, 512u);
-  std::vector<std::vector<float>> keys = {testing::SeparatedKeys(segs, n, d, 7)};
+  std::vector<std::vector<float>> keys = {
+      testing::SeparatedKeys(segs, n, d, 7)};
   std::vector<std::vector<float>> values = {testing::RandomRows(n, d, 8, 0.f)};
   Batch b = RunBatch(DType::kFp16, d, n, segs, keys, values);
   ASSERT_EQ(b.results.size(), 1u);
@@ -290,7 +293,8 @@ TEST(GpuKMeansEmptyClusters, ConstantSegmentLeavesEmptyClusters) {
   const GpuKMeansResult& r = b.results[0];
   CheckInvariants(r, b.keys[0], b.values[0], n, d, "constant");
   size_t nonempty0 = 0;
-  for (uint32_t c = 0; c < segs[0].num_clusters; ++c) nonempty0 += r.sizes[c] > 0;
+  for (uint32_t c = 0; c < segs[0].num_clusters; ++c)
+    nonempty0 += r.sizes[c] > 0;
   EXPECT_EQ(nonempty0, 1u);
   const CpuReference ref = CpuCluster(b.keys[0], b.values[0], n, d, segs, 9);
   size_t cpu_empty = 0, gpu_empty = 0;

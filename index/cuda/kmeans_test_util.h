@@ -48,8 +48,8 @@ class DeviceBuffer {
 // segment 0 is one and the same vector: all its keys then pick the same
 // cluster and the segment's other clusters stay empty.
 inline std::vector<float> SeparatedKeys(
-    const std::vector<SegmentPlan>& segments, size_t n, size_t d,
-    uint32_t seed, bool constant_first_segment = false) {
+    const std::vector<SegmentPlan>& segments, size_t n, size_t d, uint32_t seed,
+    bool constant_first_segment = false) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.f, 1.f);
   std::vector<float> keys(n * d);
@@ -138,12 +138,13 @@ inline CpuReference CpuCluster(const std::vector<float>& keys,
                                const std::vector<SegmentPlan>& segments,
                                uint32_t iterations) {
   CpuReference ref;
-  ref.km = *SegmentedSphericalKMeans(keys.data(), n, d, segments, iterations,
-                                     4);
+  ref.km =
+      *SegmentedSphericalKMeans(keys.data(), n, d, segments, iterations, 4);
   const size_t k = ref.km.num_clusters;
   std::vector<double> vs(k * d, 0.0);
   std::vector<uint64_t> cursor(k, 0);
-  for (size_t c = 1; c < k; ++c) cursor[c] = cursor[c - 1] + ref.km.sizes[c - 1];
+  for (size_t c = 1; c < k; ++c)
+    cursor[c] = cursor[c - 1] + ref.km.sizes[c - 1];
   ref.slot_tokens.resize(n);
   for (size_t t = 0; t < n; ++t) {
     const uint32_t c = ref.km.assignment[t];
