@@ -5,7 +5,12 @@
 // HBM bound: centroids + sizes + the estimation zone's value sums, read
 // once, at the measured device-to-device copy bandwidth.
 //
-// Usage: retrieval_bench [--iters=N]
+// Times each configuration two ways: events around the LaunchRetrieval
+// call (host launch gaps included) and replays of a CUDA graph holding it
+// (GPU time only).
+//
+// Usage: retrieval_bench [--iters=N] [--tokens=N] [--batch=B]
+//   (--tokens/--batch: run only that configuration, e.g. under ncu)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -72,7 +77,29 @@ double MeasureCopyGbps() {
   return 2.0 * bytes / (ms[2] * 1e-3) / 1e9;  // read + write
 }
 
-int Run(int iters) {
+// Median milliseconds of `iters` runs of `fn` between events on `stream`.
+template <typename Fn>
+float MedianMs(cudaStream_t stream, int iters, Fn fn) {
+  cudaEvent_t e0, e1;
+  CHECK_CUDA(cudaEventCreate(&e0));
+  CHECK_CUDA(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int i = 0; i < iters; ++i) {
+    CHECK_CUDA(cudaEventRecord(e0, stream));
+    fn();
+    CHECK_CUDA(cudaEventRecord(e1, stream));
+    CHECK_CUDA(cudaEventSynchronize(e1));
+    float t;
+    CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(t);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+int Run(int iters, int64_t only_tokens, int only_batch) {
   if (absl::Status s = CheckCudaDevice(); !s.ok()) {
     std::printf("skipped: %s\n", std::string(s.message()).c_str());
     return 0;
@@ -87,6 +114,7 @@ int Run(int iters) {
   std::printf("%-8s %-5s %-9s %-6s %-6s %-10s %-10s %-8s\n", "context", "batch",
               "clusters", "r", "e", "median_us", "bound_us", "of_bound");
   for (int64_t tokens : {32768, 131072, 1048576}) {
+    if (only_tokens > 0 && tokens != only_tokens) continue;
     const uint32_t k = static_cast<uint32_t>(tokens / 16);
     const uint32_t r = static_cast<uint32_t>(std::ceil(0.018 * k));
     const uint32_t e = static_cast<uint32_t>(std::ceil(0.232 * k));
@@ -106,6 +134,7 @@ int Run(int iters) {
     std::vector<float> q(g * d);
     for (float& x : q) x = 4 * next();
     for (int batch : {1, 16}) {
+      if (only_batch > 0 && batch != only_batch) continue;
       const int n = batch * kv_heads;
       std::vector<void*> owned;
       auto alloc = [&owned](size_t bytes) {
@@ -157,27 +186,29 @@ int Run(int iters) {
       a.num_problems = n;
       a.problems = ps.data();
       a.device_problems = dev_ps;
-      cudaEvent_t e0, e1;
-      cudaEventCreate(&e0);
-      cudaEventCreate(&e1);
       for (int i = 0; i < 3; ++i) {
-        if (absl::Status s = LaunchRetrieval(a, nullptr); !s.ok()) {
+        if (absl::Status s = LaunchRetrieval(a, stream); !s.ok()) {
           std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
           return 1;
         }
       }
-      CHECK_CUDA(cudaDeviceSynchronize());
-      std::vector<float> ms;
-      for (int i = 0; i < iters; ++i) {
-        cudaEventRecord(e0);
-        (void)LaunchRetrieval(a, nullptr);
-        cudaEventRecord(e1);
-        CHECK_CUDA(cudaEventSynchronize(e1));
-        float t;
-        cudaEventElapsedTime(&t, e0, e1);
-        ms.push_back(t);
+      CHECK_CUDA(cudaStreamSynchronize(stream));
+      const float launch_ms =
+          MedianMs(stream, iters, [&] { (void)LaunchRetrieval(a, stream); });
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+      if (absl::Status s = LaunchRetrieval(a, stream); !s.ok()) {
+        std::fprintf(stderr, "capture: %s\n", std::string(s.message()).c_str());
+        return 1;
       }
-      std::sort(ms.begin(), ms.end());
+      CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+      CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+      CHECK_CUDA(cudaGraphLaunch(exec, stream));
+      const float graph_ms = MedianMs(
+          stream, iters, [&] { CHECK_CUDA(cudaGraphLaunch(exec, stream)); });
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
       uint32_t counts[2];
       CHECK_CUDA(
           cudaMemcpy(counts, ps[0].out_counts, 8, cudaMemcpyDeviceToHost));
@@ -189,12 +220,10 @@ int Run(int iters) {
       const double bytes = static_cast<double>(n) *
                            (size_t{k} * d * 2 + k * 4 + size_t{e} * d * 4);
       const double bound_us = bytes / (gbps * 1e9) * 1e6;
-      const double med_us = ms[ms.size() / 2] * 1e3;
-      std::printf("%-8lld %-5d %-9u %-6u %-6u %-10.1f %-10.1f %-8.2f\n",
-                  static_cast<long long>(tokens), batch, k, r, e, med_us,
-                  bound_us, med_us / bound_us);
-      cudaEventDestroy(e0);
-      cudaEventDestroy(e1);
+      std::printf("%-8lld %-5d %-9u %-6u %-6u %-10.1f %-10.1f %-10.1f %-8.2f\n",
+                  static_cast<long long>(tokens), batch, k, r, e,
+                  launch_ms * 1e3, graph_ms * 1e3, bound_us,
+                  graph_ms * 1e3 / bound_us);
       for (void* p : owned) cudaFree(p);
     }
   }
