@@ -111,8 +111,11 @@ int Run(int iters, int64_t only_tokens, int only_batch) {
               prop.name, prop.multiProcessorCount, gbps);
   const int d = 128, g = 4, kv_heads = 8;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  std::printf("%-8s %-5s %-9s %-6s %-6s %-10s %-10s %-8s\n", "context", "batch",
-              "clusters", "r", "e", "median_us", "bound_us", "of_bound");
+  std::printf("%-8s %-5s %-9s %-6s %-6s %-10s %-10s %-10s %-8s\n", "context",
+              "batch", "clusters", "r", "e", "launch_us", "graph_us",
+              "bound_us", "graph/bound");
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   for (int64_t tokens : {32768, 131072, 1048576}) {
     if (only_tokens > 0 && tokens != only_tokens) continue;
     const uint32_t k = static_cast<uint32_t>(tokens / 16);
@@ -234,10 +237,19 @@ int Run(int iters, int64_t only_tokens, int only_batch) {
 }  // namespace wavekv::cuda
 
 int main(int argc, char** argv) {
-  int iters = 50;
+  int iters = 50, batch = 0;
+  long long tokens = 0;
   for (int i = 1; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--iters=", 8) == 0)
+    if (std::strncmp(argv[i], "--iters=", 8) == 0) {
       iters = std::atoi(argv[i] + 8);
+    } else if (std::strncmp(argv[i], "--tokens=", 9) == 0) {
+      tokens = std::atoll(argv[i] + 9);
+    } else if (std::strncmp(argv[i], "--batch=", 8) == 0) {
+      batch = std::atoi(argv[i] + 8);
+    } else {
+      std::fprintf(stderr, "unknown flag %s\n", argv[i]);
+      return 2;
+    }
   }
-  return wavekv::cuda::Run(std::max(iters, 1));
+  return wavekv::cuda::Run(std::max(iters, 1), tokens, batch);
 }
