@@ -113,7 +113,33 @@ __global__ void __launch_bounds__(kThreads) TailKernel(RetrievalArgs a) {
   }
 }
 
-__global__ void TailMergeKernel(RetrievalArgs a) {
+constexpr int kMergeThreads = 256;
+
+// Block-wide max or sum of `v` (every thread gets the result).
+template <bool kMax>
+__device__ float BlockReduce(float v, float* s_red) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    const float o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = kMax ? fmaxf(v, o) : v + o;
+  }
+  if (threadIdx.x % 32 == 0) s_red[threadIdx.x / 32] = v;
+  __syncthreads();
+  float r = s_red[0];
+  for (int w = 1; w < kMergeThreads / 32; ++w) {
+    r = kMax ? fmaxf(r, s_red[w]) : r + s_red[w];
+  }
+  __syncthreads();  // s_red may be reused
+  return r;
+}
+
+// One block per (head, problem): the chunks' (max, den) are combined by the
+// whole block; then each thread owns dims and sums the chunks' numerators
+// with the weights staged in shared memory (independent loads in flight).
+__global__ void __launch_bounds__(kMergeThreads)
+    TailMergeKernel(RetrievalArgs a) {
+  __shared__ float s_red[kMergeThreads / 32];
+  __shared__ float s_w[kMergeThreads];
   const int h = blockIdx.x;
   const RetrievalProblem p = a.device_problems[blockIdx.y];
   const int group = a.group_size, d = a.head_dim;
@@ -122,25 +148,49 @@ __global__ void TailMergeKernel(RetrievalArgs a) {
   const uint32_t zone =
       k == 0 ? 0 : At<uint32_t>(p.workspace, lay.hist)[kCounterEstimation];
   const uint32_t chunks = (zone + kTailChunk - 1) / kTailChunk;
-  float mm = -INFINITY;
-  for (uint32_t c = 0; c < chunks; ++c) {
+  float m = -INFINITY;
+  for (uint32_t c = threadIdx.x; c < chunks; c += kMergeThreads) {
     const float* slot = TailSlot(p.workspace, lay, c, group, h, d);
-    if (slot[1] > 0.f) mm = fmaxf(mm, slot[0]);
+    if (slot[1] > 0.f) m = fmaxf(m, slot[0]);
   }
-  for (int j = threadIdx.x; j < d; j += blockDim.x) {
-    float den = 0.f, num = 0.f;
-    for (uint32_t c = 0; c < chunks; ++c) {
+  const float mm = BlockReduce<true>(m, s_red);
+  float den = 0.f;
+  float num[2] = {0.f, 0.f};  // dims threadIdx.x and + kMergeThreads
+  for (uint32_t base = 0; base < chunks; base += kMergeThreads) {
+    const uint32_t c = base + threadIdx.x;
+    float w = 0.f;
+    if (c < chunks) {
       const float* slot = TailSlot(p.workspace, lay, c, group, h, d);
-      if (slot[1] == 0.f) continue;
-      const float w = __expf(slot[0] - mm);
-      den = fmaf(slot[1], w, den);
-      num = fmaf(slot[2 + j], w, num);
+      if (slot[1] > 0.f) {
+        w = __expf(slot[0] - mm);
+        den = fmaf(slot[1], w, den);
+      }
     }
-    p.out_num[h * d + j] = num;
-    if (j == 0) {
-      p.out_max[h] = den > 0.f ? mm : -INFINITY;
-      p.out_den[h] = den;
+    s_w[threadIdx.x] = w;
+    __syncthreads();
+    const uint32_t n = min(static_cast<uint32_t>(kMergeThreads), chunks - base);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int j = threadIdx.x + r * kMergeThreads;
+      if (j >= d) break;
+      const float* col = TailSlot(p.workspace, lay, base, group, h, d) + 2 + j;
+      const size_t stride = static_cast<size_t>(group) * (d + 2);
+      float acc = 0.f;
+#pragma unroll 8
+      for (uint32_t i = 0; i < n; ++i) acc = fmaf(s_w[i], col[i * stride], acc);
+      num[r] += acc;
     }
+    __syncthreads();
+  }
+  den = BlockReduce<false>(den, s_red);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int j = threadIdx.x + r * kMergeThreads;
+    if (j < d) p.out_num[h * d + j] = num[r];
+  }
+  if (threadIdx.x == 0) {
+    p.out_max[h] = den > 0.f ? mm : -INFINITY;
+    p.out_den[h] = den;
   }
 }
 
@@ -182,8 +232,7 @@ int LaunchTail(const RetrievalArgs& a, uint32_t max_estimation,
     if (err != 0) return err;
   }
   const dim3 grid(a.group_size, a.num_problems);
-  const int threads = a.head_dim < 128 ? a.head_dim : 128;
-  TailMergeKernel<<<grid, threads, 0, stream>>>(a);
+  TailMergeKernel<<<grid, kMergeThreads, 0, stream>>>(a);
   return static_cast<int>(cudaGetLastError());
 }
 
