@@ -41,9 +41,9 @@ absl::Status Validate(const PagedAttentionArgs& a) {
         absl::StrCat("num_rows: ", a.num_rows, " must be > 0"));
   }
   if (a.group < 1 || a.group > kMaxGroup) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "group: ", a.group, " q heads per kv head, must be in [1, ",
-        kMaxGroup, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("group: ", a.group,
+                     " q heads per kv head, must be in [1, ", kMaxGroup, "]"));
   }
   if (a.pages_per_row <= 0) {
     return absl::InvalidArgumentError(
@@ -51,8 +51,8 @@ absl::Status Validate(const PagedAttentionArgs& a) {
   }
   if (a.max_splits <= 0 || a.num_splits < 0 || a.num_splits > a.max_splits) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "num_splits: ", a.num_splits, " must be in [0, max_splits=",
-        a.max_splits, "] with max_splits >= 1"));
+        "num_splits: ", a.num_splits,
+        " must be in [0, max_splits=", a.max_splits, "] with max_splits >= 1"));
   }
   if ((a.tail_max == nullptr) != (a.tail_den == nullptr) ||
       (a.tail_max == nullptr) != (a.tail_num == nullptr)) {
@@ -73,9 +73,8 @@ absl::Status Validate(const ClusterPagesArgs& a) {
   if (absl::Status s = ValidateHeadDim(a.head_dim); !s.ok()) return s;
   if (a.num_rows <= 0 || a.num_clusters < 0 || a.num_selected < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "num_rows/num_clusters/num_selected: ", a.num_rows, "/",
-        a.num_clusters, "/", a.num_selected,
-        " (need num_rows > 0, the others >= 0)"));
+        "num_rows/num_clusters/num_selected: ", a.num_rows, "/", a.num_clusters,
+        "/", a.num_selected, " (need num_rows > 0, the others >= 0)"));
   }
   if (a.pages == nullptr ||
       (a.num_selected > 0 &&
@@ -106,10 +105,14 @@ int ChoosePagedSplits(const PagedAttentionArgs& a) {
     return n;
   }();
   if (sms < 0) return -static_cast<int>(cudaErrorNoDevice);
+  const int per_sm = PagedSplitBlocksPerSm(a);
+  if (per_sm < 0) return per_sm;
   const int elem = a.dtype == ElemType::kFp32 ? 4 : 2;
   const int64_t tile_tokens = 16384 / (int64_t{a.head_dim} * elem);
-  // About 4 blocks per SM over all rows, at least two tiles per split.
-  const int64_t by_sm = std::max<int64_t>(1, 4 * sms / a.num_rows);
+  // One full wave of resident blocks over all rows (a partial second wave
+  // would leave most SMs idle at its end), at least two tiles per split.
+  const int64_t by_sm =
+      std::max<int64_t>(1, int64_t{std::max(per_sm, 1)} * sms / a.num_rows);
   const int64_t by_len =
       std::max<int64_t>(1, a.tokens_hint / (2 * tile_tokens));
   return static_cast<int>(

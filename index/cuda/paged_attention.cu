@@ -177,8 +177,8 @@ __global__ void __launch_bounds__(kThreads)
   auto issue = [&](int tile, int stage) {
     char* sk = smem + stage * 2 * kTileBytes;
     char* sv = sk + kTileBytes;
-    const int64_t tile_start = begin + static_cast<int64_t>(tile) *
-                                           S::kTileTokens;
+    const int64_t tile_start =
+        begin + static_cast<int64_t>(tile) * S::kTileTokens;
 #pragma unroll
     for (int pass = 0; pass < S::kPasses; ++pass) {
       const int tt = pass * S::kTokPerPass + copy_tok;
@@ -220,11 +220,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       acc[h][i] = 0.f;
-      q[h][i] = h < group ? a.queries[(static_cast<int64_t>(row) * group + h) *
-                                          D +
-                                      lane * 8 + i] *
-                                a.scale
-                          : 0.f;
+      q[h][i] = h < group
+                    ? a.queries[(static_cast<int64_t>(row) * group + h) * D +
+                                lane * 8 + i] *
+                          a.scale
+                    : 0.f;
     }
   }
 
@@ -239,11 +239,10 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     const char* sk = smem + (tile % kStages) * 2 * kTileBytes;
     const char* sv = sk + kTileBytes;
-    const int64_t tile_start = begin + static_cast<int64_t>(tile) *
-                                           S::kTileTokens;
-    const int valid_n =
-        static_cast<int>(min(static_cast<int64_t>(S::kTileTokens),
-                             end - tile_start));
+    const int64_t tile_start =
+        begin + static_cast<int64_t>(tile) * S::kTileTokens;
+    const int valid_n = static_cast<int>(
+        min(static_cast<int64_t>(S::kTileTokens), end - tile_start));
 #pragma unroll
     for (int j = 0; j < S::kTokPerThread; j += U) {
       float s[U][G];
@@ -316,8 +315,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < 8; ++i) s_acc[tg][lane * 8 + i] = acc[h][i];
     __syncthreads();
-    float* slot = SplitSlot(a.split_scratch, D, row * group + h, split,
-                            a.max_splits);
+    float* slot =
+        SplitSlot(a.split_scratch, D, row * group + h, split, a.max_splits);
     for (int d = tid; d < D; d += kThreads) {
       float mm = -FLT_MAX;
       for (int g = 0; g < S::kTokGroups; ++g) {
@@ -374,12 +373,52 @@ __global__ void PagedMergeKernel(PagedAttentionArgs a, int num_splits) {
 }
 
 template <typename T, int D, int G>
-int LaunchSplit(const PagedAttentionArgs& a, int num_splits,
-                cudaStream_t stream) {
+cudaError_t PrepareSplit() {
   static const cudaError_t attr = cudaFuncSetAttribute(
       PagedSplitKernel<T, D, G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
       kSmemBytes);
-  if (attr != cudaSuccess) return static_cast<int>(attr);
+  return attr;
+}
+
+template <typename T, int D, int G>
+int SplitBlocksPerSm() {
+  if (cudaError_t e = PrepareSplit<T, D, G>(); e != cudaSuccess) {
+    return -static_cast<int>(e);
+  }
+  int blocks = 0;
+  const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks, PagedSplitKernel<T, D, G>, kThreads, kSmemBytes);
+  return e == cudaSuccess ? blocks : -static_cast<int>(e);
+}
+
+template <typename T, int D>
+int BlocksPerSmD(int group) {
+  if (group <= 1) return SplitBlocksPerSm<T, D, 1>();
+  if (group <= 2) return SplitBlocksPerSm<T, D, 2>();
+  if (group <= 4) return SplitBlocksPerSm<T, D, 4>();
+  return SplitBlocksPerSm<T, D, 8>();
+}
+
+template <typename T>
+int BlocksPerSmT(const PagedAttentionArgs& a) {
+  switch (a.head_dim) {
+    case 64:
+      return BlocksPerSmD<T, 64>(a.group);
+    case 128:
+      return BlocksPerSmD<T, 128>(a.group);
+    case 256:
+      return BlocksPerSmD<T, 256>(a.group);
+    default:
+      return -static_cast<int>(cudaErrorInvalidValue);
+  }
+}
+
+template <typename T, int D, int G>
+int LaunchSplit(const PagedAttentionArgs& a, int num_splits,
+                cudaStream_t stream) {
+  if (cudaError_t e = PrepareSplit<T, D, G>(); e != cudaSuccess) {
+    return static_cast<int>(e);
+  }
   dim3 grid(num_splits, a.num_rows);
   PagedSplitKernel<T, D, G>
       <<<grid, kThreads, kSmemBytes, stream>>>(a, num_splits);
@@ -399,8 +438,10 @@ int Launch(const PagedAttentionArgs& a, int num_splits, cudaStream_t stream) {
     err = LaunchSplit<T, D, 8>(a, num_splits, stream);
   }
   if (err != 0) return err;
+  constexpr int kMergeThreads = D < 128 ? D : 128;
+  const int merge_blocks = a.num_rows * a.group;
   PagedMergeKernel<D>
-      <<<a.num_rows * a.group, D < 128 ? D : 128, 0, stream>>>(a, num_splits);
+      <<<merge_blocks, kMergeThreads, 0, stream>>>(a, num_splits);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -497,6 +538,18 @@ int LaunchPagedAttentionRaw(const PagedAttentionArgs& args, int num_splits,
       return LaunchTyped<float>(args, num_splits, stream);
   }
   return static_cast<int>(cudaErrorInvalidValue);
+}
+
+int PagedSplitBlocksPerSm(const PagedAttentionArgs& args) {
+  switch (args.dtype) {
+    case ElemType::kFp16:
+      return BlocksPerSmT<__half>(args);
+    case ElemType::kBf16:
+      return BlocksPerSmT<__nv_bfloat16>(args);
+    case ElemType::kFp32:
+      return BlocksPerSmT<float>(args);
+  }
+  return -static_cast<int>(cudaErrorInvalidValue);
 }
 
 int LaunchClusterPagesRaw(const ClusterPagesArgs& args, cudaStream_t stream) {

@@ -106,6 +106,10 @@ int LaunchPagedAttentionRaw(const PagedAttentionArgs& args, int num_splits,
                             cudaStream_t stream);
 int LaunchClusterPagesRaw(const ClusterPagesArgs& args, cudaStream_t stream);
 
+// Resident split-kernel blocks per SM for args' dtype, head_dim and group,
+// or a negative cudaError_t value.
+int PagedSplitBlocksPerSm(const PagedAttentionArgs& args);
+
 }  // namespace wavekv::cuda
 
 #endif  // WAVEKV_INDEX_CUDA_PAGED_ATTENTION_RAW_H_

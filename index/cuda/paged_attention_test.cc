@@ -29,11 +29,11 @@ namespace {
 struct Case {
   DType dtype;
   int head_dim;
-  int rows;       // sessions x kv heads
-  int group;      // q heads per row
-  int clusters;   // per row
-  int selected;   // per row
-  int max_size;   // cluster sizes in [0, max_size]
+  int rows;      // sessions x kv heads
+  int group;     // q heads per row
+  int clusters;  // per row
+  int selected;  // per row
+  int max_size;  // cluster sizes in [0, max_size]
   int max_steady;
 };
 
@@ -219,8 +219,8 @@ TEST_P(PagedAttentionTest, ClustersSteadySlotsAndTailMatchCpu) {
     std::vector<uint8_t> kb = encode(random_floats(size_t(n) * d, 1.f));
     std::vector<uint8_t> vb = encode(random_floats(size_t(n) * d, 1.f));
     KvView view{c.dtype, size_t(d), size_t(n), kb.data(), vb.data()};
-    tails[h] = PartialAttention(absl::MakeConstSpan(q.data() + h * d, d),
-                                view, scale);
+    tails[h] =
+        PartialAttention(absl::MakeConstSpan(q.data() + h * d, d), view, scale);
     tail_max[h] = tails[h].empty() ? -INFINITY : tails[h].max_logit;
     tail_den[h] = tails[h].denominator;
     for (int i = 0; i < d; ++i) {

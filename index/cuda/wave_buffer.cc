@@ -18,10 +18,9 @@ absl::Status CudaStatus(cudaError_t err, const char* what) {
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(err)));
 }
 
-#define WB_CUDA(expr, what)                                    \
-  do {                                                         \
-    if (absl::Status _s = CudaStatus((expr), what); !_s.ok()) \
-      return _s;                                               \
+#define WB_CUDA(expr, what)                                              \
+  do {                                                                   \
+    if (absl::Status _s = CudaStatus((expr), what); !_s.ok()) return _s; \
   } while (0)
 
 size_t ElemBytes(ElemType t) { return t == ElemType::kFp32 ? 4 : 2; }
@@ -34,9 +33,8 @@ absl::Status WaveBufferOptions::Validate() const {
         "buffer_fraction: ", buffer_fraction, " must be in (0, 1]"));
   }
   if (steady_capacity_tokens < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("steady_capacity_tokens: ", steady_capacity_tokens,
-                     " must be >= 0"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "steady_capacity_tokens: ", steady_capacity_tokens, " must be >= 0"));
   }
   if (max_selected <= 0) {
     return absl::InvalidArgumentError(
@@ -110,8 +108,7 @@ absl::Status WaveBuffer::Init() {
     return AllocDevice(bytes, owner).status();
   };
   if (absl::Status s = alloc(slots * slot_bytes, &pool_); !s.ok()) return s;
-  if (absl::Status s = alloc(lru_.slot_table_size() * 4, &slot_ids_);
-      !s.ok()) {
+  if (absl::Status s = alloc(lru_.slot_table_size() * 4, &slot_ids_); !s.ok()) {
     return s;
   }
   if (absl::Status s = alloc(nc * 4, &slot_list_); !s.ok()) return s;
@@ -127,8 +124,7 @@ absl::Status WaveBuffer::Init() {
   if (absl::Status s = alloc(rows * sizeof(void*), &steady_keys_); !s.ok()) {
     return s;
   }
-  if (absl::Status s = alloc(rows * sizeof(void*), &steady_values_);
-      !s.ok()) {
+  if (absl::Status s = alloc(rows * sizeof(void*), &steady_values_); !s.ok()) {
     return s;
   }
   if (absl::Status s = alloc(rows * 4, &steady_tokens_); !s.ok()) return s;
@@ -168,9 +164,9 @@ absl::Status WaveBuffer::Init() {
                         cudaHostAllocDefault),
           "cudaHostAlloc");
   host_ids_.reset(p);
-  WB_CUDA(cudaHostAlloc(&p, max_copies_ * sizeof(SlotCopy),
-                        cudaHostAllocMapped),
-          "cudaHostAlloc");
+  WB_CUDA(
+      cudaHostAlloc(&p, max_copies_ * sizeof(SlotCopy), cudaHostAllocMapped),
+      "cudaHostAlloc");
   host_copies_.reset(p);
   WB_CUDA(cudaHostAlloc(&p, max_writes_ * sizeof(SlotTableWrite),
                         cudaHostAllocMapped),
@@ -179,9 +175,9 @@ absl::Status WaveBuffer::Init() {
   int lo = 0, hi = 0;
   WB_CUDA(cudaDeviceGetStreamPriorityRange(&lo, &hi), "stream priorities");
   // Admissions are for later steps: the lowest priority.
-  WB_CUDA(cudaStreamCreateWithPriority(&copy_stream_, cudaStreamNonBlocking,
-                                       lo),
-          "cudaStreamCreate");
+  WB_CUDA(
+      cudaStreamCreateWithPriority(&copy_stream_, cudaStreamNonBlocking, lo),
+      "cudaStreamCreate");
   WB_CUDA(cudaEventCreateWithFlags(&ids_ready_, cudaEventDisableTiming),
           "cudaEventCreate");
   WB_CUDA(cudaEventCreateWithFlags(&admitted_, cudaEventDisableTiming),
@@ -244,10 +240,9 @@ absl::Status WaveBuffer::WaitForAdmissions(cudaStream_t stream) {
 
 absl::Status WaveBuffer::RecordSelection(const int32_t* selected,
                                          cudaStream_t stream) {
-  WB_CUDA(cudaMemcpyAsync(
-              host_ids_.get(), selected,
-              int64_t{layout_.num_rows} * options_.max_selected * 4,
-              cudaMemcpyDeviceToHost, stream),
+  WB_CUDA(cudaMemcpyAsync(host_ids_.get(), selected,
+                          int64_t{layout_.num_rows} * options_.max_selected * 4,
+                          cudaMemcpyDeviceToHost, stream),
           "cudaMemcpyAsync");
   WB_CUDA(cudaEventRecord(ids_ready_, stream), "cudaEventRecord");
   selection_pending_ = true;
@@ -265,9 +260,9 @@ absl::Status WaveBuffer::Update() {
   // (it is, when the caller waited for it before this step's attention).
   WB_CUDA(cudaEventSynchronize(admitted_), "cudaEventSynchronize");
   const int64_t n_ids = int64_t{layout_.num_rows} * options_.max_selected;
-  lru_.Step(absl::MakeConstSpan(static_cast<const int32_t*>(host_ids_.get()),
-                                n_ids),
-            options_.max_selected, &plan_);
+  lru_.Step(
+      absl::MakeConstSpan(static_cast<const int32_t*>(host_ids_.get()), n_ids),
+      options_.max_selected, &plan_);
   if (plan_.copies.size() > max_copies_ ||
       plan_.slot_id_writes.size() + plan_.slot_list_writes.size() >
           max_writes_) {
@@ -292,7 +287,8 @@ absl::Status WaveBuffer::Update() {
   }
   SlotTableWrite* writes = static_cast<SlotTableWrite*>(host_writes_.get());
   size_t w = 0;
-  for (const auto& x : plan_.slot_id_writes) writes[w++] = {x.index, x.value, 0};
+  for (const auto& x : plan_.slot_id_writes)
+    writes[w++] = {x.index, x.value, 0};
   for (const auto& x : plan_.slot_list_writes) {
     writes[w++] = {x.index, x.value, 1};
   }

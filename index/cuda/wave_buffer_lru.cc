@@ -21,9 +21,8 @@ absl::StatusOr<WaveBufferLru> WaveBufferLru::Create(
   }
   const int64_t n = int64_t{num_rows} * num_clusters;
   if (static_cast<int64_t>(cluster_sizes.size()) != n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cluster_sizes: expected ", n, " entries, got ",
-                     cluster_sizes.size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cluster_sizes: expected ", n, " entries, got ", cluster_sizes.size()));
   }
   WaveBufferLru lru;
   lru.num_rows_ = num_rows;

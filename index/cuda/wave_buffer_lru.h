@@ -90,9 +90,7 @@ class WaveBufferLru {
   bool resident(int row, int cluster) const {
     return entries_[Key(row, cluster)].resident != 0;
   }
-  int free_slots(int row) const {
-    return static_cast<int>(free_[row].size());
-  }
+  int free_slots(int row) const { return static_cast<int>(free_[row].size()); }
   int slots_per_row() const { return slots_per_row_; }
   const WaveBufferStats& stats() const { return stats_; }
 

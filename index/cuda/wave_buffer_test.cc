@@ -41,8 +41,8 @@ class WaveBufferTest : public ::testing::TestWithParam<Case> {
 
 TEST_P(WaveBufferTest, StepsMatchCpuAndCountHits) {
   const Case tc = GetParam();
-  const int d = tc.head_dim, rows = 4, group = 4, C = 200, S = 20,
-            steady = 70, steps = 40;
+  const int d = tc.head_dim, rows = 4, group = 4, C = 200, S = 20, steady = 70,
+            steps = 40;
   const size_t elem = DTypeBytes(tc.dtype), tok = d * elem;
   std::mt19937 rng(99 + d);
   std::normal_distribution<float> normal(0.f, 1.f);
@@ -68,8 +68,8 @@ TEST_P(WaveBufferTest, StepsMatchCpuAndCountHits) {
     }
     std::vector<float> f(off);
     for (float& x : f) x = normal(rng);
-    ASSERT_CUDA(cudaHostAlloc(&host[r], f.size() * elem + 16,
-                              cudaHostAllocMapped));
+    ASSERT_CUDA(
+        cudaHostAlloc(&host[r], f.size() * elem + 16, cudaHostAllocMapped));
     EncodeFromFloat(tc.dtype, f.data(), f.size(),
                     static_cast<uint8_t*>(host[r]));
     layout.row_store.push_back(host[r]);
@@ -90,9 +90,9 @@ TEST_P(WaveBufferTest, StepsMatchCpuAndCountHits) {
   cudaStream_t stream;
   ASSERT_CUDA(cudaStreamCreate(&stream));
   for (int r = 0; r < rows; ++r) {
-    ASSERT_TRUE(wb.LoadSteady(r, steady_k[r].data(), steady_v[r].data(),
-                              steady, stream)
-                    .ok());
+    ASSERT_TRUE(
+        wb.LoadSteady(r, steady_k[r].data(), steady_v[r].data(), steady, stream)
+            .ok());
   }
 
   const int QH = rows * group, max_splits = 16;
@@ -200,9 +200,9 @@ TEST_P(WaveBufferTest, StepsMatchCpuAndCountHits) {
     // The walk moves at most 2 of 20 ids a step: most lookups hit.
     EXPECT_GT(st.hits * 10, st.lookups * 7);
   }
-  for (void* p : {(void*)dq, (void*)scratch, (void*)omax, (void*)oden,
-                  (void*)onum, (void*)out, (void*)dsel, (void*)pages,
-                  (void*)counters}) {
+  for (void* p :
+       {(void*)dq, (void*)scratch, (void*)omax, (void*)oden, (void*)onum,
+        (void*)out, (void*)dsel, (void*)pages, (void*)counters}) {
     cudaFree(p);
   }
   buffer->reset();
@@ -210,13 +210,13 @@ TEST_P(WaveBufferTest, StepsMatchCpuAndCountHits) {
   cudaStreamDestroy(stream);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Cases, WaveBufferTest,
-    ::testing::Values(Case{DType::kFp16, 128, 0.2, false},
-                      Case{DType::kBf16, 64, 0.2, false},
-                      Case{DType::kBf16, 256, 0.2, false},
-                      Case{DType::kFp32, 128, 0.2, false},
-                      Case{DType::kFp16, 128, 0.02, true}));
+INSTANTIATE_TEST_SUITE_P(Cases, WaveBufferTest,
+                         ::testing::Values(Case{DType::kFp16, 128, 0.2, false},
+                                           Case{DType::kBf16, 64, 0.2, false},
+                                           Case{DType::kBf16, 256, 0.2, false},
+                                           Case{DType::kFp32, 128, 0.2, false},
+                                           Case{DType::kFp16, 128, 0.02,
+                                                true}));
 
 TEST(WaveBufferValidation, RejectsBadOptions) {
   WaveBufferOptions opt;
