@@ -1,6 +1,7 @@
 // `wavekv`: the command-line tool of a wavekv-server.
 //
-//   wavekv [--server=HOST:PORT] [--token=T | --token_file=F] <command>
+//   wavekv [--server=HOST:PORT] [--token=T | --token_file=F]
+//          [--tls_ca=F [--tls_cert=F --tls_key=F]] <command>
 //
 // Commands: health, list, show <session>, close <session>, demo, and eval
 // (the accuracy harness; no server). Output is human-readable; errors go to
@@ -35,6 +36,13 @@ ABSL_FLAG(std::string, token, "",
 ABSL_FLAG(std::string, token_file, "",
           "file whose first line is the bearer token (instead of --token)");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(60), "deadline of each RPC");
+ABSL_FLAG(bool, tls, false,
+          "connect with TLS (implied by --tls_ca/--tls_cert); without "
+          "--tls_ca the server is verified against the system roots");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle to verify the server");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM client certificate chain for mTLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(uint32_t, fetch_chunk_bytes, 0,
           "FetchClusters chunk size in bytes (0 = the server's default, "
           "1 MiB; else 4096..4194304)");
@@ -72,6 +80,10 @@ commands:
 flags:
   --server=HOST:PORT           server address (default 127.0.0.1:7070)
   --token=T | --token_file=F   bearer token, when the server requires one
+  --tls_ca=F [--tls_cert=F --tls_key=F]
+                               TLS: verify the server with CA bundle F;
+                               client certificate and key for mTLS
+                               (--tls alone: TLS with the system roots)
   --timeout=60s                deadline of each RPC
   --fetch_chunk_bytes=N        FetchClusters chunk size (0 = server default)
 demo flags:
@@ -98,7 +110,8 @@ int Fail(const std::string& command, const absl::Status& status) {
     case absl::StatusCode::kUnavailable:
       std::cerr << "hint: is a wavekv-server listening at "
                 << absl::GetFlag(FLAGS_server)
-                << "? (scripts/demo starts one)\n";
+                << "? (scripts/demo starts one) Does it use TLS "
+                   "(--tls_ca, --tls_cert/--tls_key for mTLS)?\n";
       break;
     case absl::StatusCode::kUnauthenticated:
       std::cerr << "hint: the server requires a token: pass --token or "
@@ -356,6 +369,12 @@ int Main(int argc, char** argv) {
   options.bearer_token = *token;
   options.call_timeout = absl::GetFlag(FLAGS_timeout);
   options.fetch_chunk_bytes = absl::GetFlag(FLAGS_fetch_chunk_bytes);
+  options.tls.ca_file = absl::GetFlag(FLAGS_tls_ca);
+  options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls.use_tls =
+      absl::GetFlag(FLAGS_tls) || !options.tls.ca_file.empty() ||
+      !options.tls.cert_file.empty() || !options.tls.key_file.empty();
   absl::StatusOr<std::unique_ptr<WaveKvClient>> client =
       WaveKvClient::Connect(options);
   if (!client.ok()) return UsageError(std::string(client.status().message()));

@@ -82,6 +82,7 @@ absl::Status ClientOptions::Validate() const {
   if (target.empty()) {
     return absl::InvalidArgumentError("target: must not be empty");
   }
+  RETURN_IF_ERROR(tls.Validate());
   for (char c : bearer_token) {
     if (absl::ascii_isspace(static_cast<unsigned char>(c)) ||
         absl::ascii_iscntrl(static_cast<unsigned char>(c))) {
@@ -137,8 +138,10 @@ absl::StatusOr<std::unique_ptr<WaveKvClient>> WaveKvClient::Connect(
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-      options.target, grpc::InsecureChannelCredentials(), args);
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                   MakeChannelCredentials(options.tls));
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(options.target, credentials, args);
   if (channel == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("target: cannot create a channel to ", options.target));

@@ -34,6 +34,7 @@
 #include "absl/types/span.h"
 #include "grpcpp/channel.h"
 #include "proto/wavekv/v1/wavekv.grpc.pb.h"
+#include "transport/tls.h"
 
 namespace wavekv {
 
@@ -58,6 +59,10 @@ struct ClientOptions {
   uint32_t fetch_chunk_bytes = 0;
   // ListSessions page size used to walk all pages. 1..1000.
   uint32_t list_page_size = 100;
+  // TLS of the channel (transport/tls.h): off by default; with use_tls the
+  // server is verified against ca_file (empty: the system roots), and
+  // cert_file + key_file are presented as client certificate (mTLS).
+  ClientTlsFiles tls;
 
   // InvalidArgument naming the field and the value on bad settings.
   absl::Status Validate() const;

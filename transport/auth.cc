@@ -8,8 +8,10 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "transport/byte_size.h"
 
 namespace wavekv {
 namespace {
@@ -35,12 +37,81 @@ absl::Status LineError(absl::string_view filename, int line,
       absl::StrCat(filename, ":", line, ": ", what));
 }
 
+// The value of `quota` named `name`; *known = false for an unknown name.
+uint64_t QuotaValue(const TenantQuota& quota, absl::string_view name,
+                    bool* known) {
+  *known = true;
+  if (name == "max_sessions") return quota.max_sessions;
+  if (name == "max_bytes") return quota.max_bytes;
+  if (name == "max_tokens") return quota.max_tokens;
+  *known = false;
+  return 0;
+}
+
+// One `name=value` quota field of a line, applied to `quota`. `first_line`
+// remembers, per tenant and quota name, the line that set it (conflicts).
+absl::Status ParseQuota(absl::string_view field, const std::string& tenant,
+                        absl::string_view filename, int line_no,
+                        TenantQuota& quota,
+                        absl::flat_hash_map<std::string, int>& first_line) {
+  const size_t eq = field.find('=');
+  // The field is never echoed whole: it could be a mistyped token.
+  if (eq == absl::string_view::npos || eq == 0) {
+    return LineError(filename, line_no,
+                     "expected '<token> <tenant> [name=value ...]' with "
+                     "names max_sessions, max_bytes, max_tokens");
+  }
+  const absl::string_view name = field.substr(0, eq);
+  const absl::string_view value = field.substr(eq + 1);
+  bool known = false;
+  const uint64_t current = QuotaValue(quota, name, &known);
+  if (!known) {
+    return LineError(filename, line_no,
+                     "unknown quota name (expected max_sessions, max_bytes "
+                     "or max_tokens)");
+  }
+  uint64_t number = 0;
+  bool parsed = false;
+  if (name == "max_bytes") {
+    const absl::StatusOr<uint64_t> bytes = ParseByteSize(value);
+    parsed = bytes.ok();
+    if (parsed) number = *bytes;
+  } else {
+    parsed = absl::SimpleAtoi(value, &number) &&
+             (name != "max_sessions" || number <= UINT32_MAX);
+  }
+  if (!parsed || number == 0) {
+    return LineError(
+        filename, line_no,
+        absl::StrCat(name, ": expected ",
+                     name == "max_bytes" ? "a size such as 4GiB" : "a number",
+                     " >= 1, got '", value, "'"));
+  }
+  const auto [it, inserted] =
+      first_line.emplace(absl::StrCat(tenant, " ", name), line_no);
+  if (!inserted) {
+    if (current == number) return absl::OkStatus();
+    return LineError(filename, line_no,
+                     absl::StrCat(name, " of tenant '", tenant,
+                                  "' differs from line ", it->second));
+  }
+  if (name == "max_sessions") {
+    quota.max_sessions = static_cast<uint32_t>(number);
+  } else if (name == "max_bytes") {
+    quota.max_bytes = number;
+  } else {
+    quota.max_tokens = number;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<TokenTable> TokenTable::Parse(absl::string_view text,
                                              absl::string_view filename) {
   TokenTable table;
   absl::flat_hash_map<std::string, int> line_by_digest;
+  absl::flat_hash_map<std::string, int> quota_line;
   int line_no = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_no;
@@ -54,10 +125,11 @@ absl::StatusOr<TokenTable> TokenTable::Parse(absl::string_view text,
     const std::vector<absl::string_view> fields =
         absl::StrSplit(line, absl::ByAnyChar(" \t\r\v\f"), absl::SkipEmpty());
     if (fields.empty()) continue;
-    if (fields.size() != 2) {
+    if (fields.size() < 2) {
       return LineError(filename, line_no,
-                       absl::StrCat("expected '<token> <tenant>', got ",
-                                    fields.size(), " fields"));
+                       absl::StrCat("expected '<token> <tenant> "
+                                    "[name=value ...]', got ",
+                                    fields.size(), " field"));
     }
     const absl::string_view token = fields[0];
     const absl::string_view tenant = fields[1];
@@ -78,7 +150,18 @@ absl::StatusOr<TokenTable> TokenTable::Parse(absl::string_view text,
           filename, line_no,
           absl::StrCat("duplicate token (first on line ", it->second, ")"));
     }
-    table.tenant_by_digest_.emplace(std::move(digest), std::string(tenant));
+    const std::string tenant_name(tenant);
+    if (fields.size() > 2) {
+      TenantQuota& quota = table.quotas_[tenant_name];
+      for (size_t f = 2; f < fields.size(); ++f) {
+        if (absl::Status st = ParseQuota(fields[f], tenant_name, filename,
+                                         line_no, quota, quota_line);
+            !st.ok()) {
+          return st;
+        }
+      }
+    }
+    table.tenant_by_digest_.emplace(std::move(digest), tenant_name);
   }
   return table;
 }

@@ -1,14 +1,22 @@
-// Bearer-token authentication: a tokens file maps secrets to tenants, and
-// an Authenticator turns a call's `authorization` metadata into the tenant
-// the call acts for (the tenant is never taken from a request field).
+// Bearer-token authentication: a tokens file maps secrets to tenants (and
+// optionally sets the tenants' quotas), and an Authenticator turns a call's
+// `authorization` metadata into the tenant the call acts for (the tenant is
+// never taken from a request field).
 //
 // Tokens file format, one token per line:
 //   # comment
-//   s3cr3t-token-a   tenant-a
-//   s3cr3t-token-b   tenant-b    # trailing comment
+//   s3cr3t-token-a   tenant-a   max_sessions=8 max_bytes=4GiB
+//   max_tokens=1000000 s3cr3t-token-b   tenant-b    # trailing comment
+//   s3cr3t-token-c   tenant-a    # a second token of tenant-a
 // Tokens are printable ASCII without spaces; tenants are 1..128 characters
 // of [A-Za-z0-9_.-]. A token may appear once; several tokens may share a
-// tenant. Errors name "FILE:LINE" and never echo a token.
+// tenant. After the tenant, optional `name=value` quotas of the tenant
+// (kvstore/tenant_quota.h): max_sessions=N (live sessions), max_bytes=SIZE
+// (K+V bytes over its sessions; "4GiB", "512MiB" or bytes),
+// max_tokens=N (tokens over its sessions). Values are >= 1; an absent quota
+// is unlimited. A quota may be given on any of the tenant's lines; two lines
+// giving different values are an error. Errors name "FILE:LINE" and never
+// echo a token.
 //
 // Tokens are held as SHA-256 digests and looked up by digest, so lookup
 // time does not depend on how much of a guessed token matches a real one.
@@ -16,6 +24,7 @@
 // Example:
 //   ASSIGN_OR_RETURN(auto auth, Authenticator::FromTokensFile(path));
 //   ASSIGN_OR_RETURN(std::string tenant, auth->Authenticate("Bearer s3cr3t"));
+//   engine->SetTenantQuotas(auth->table()->quotas());
 #ifndef WAVEKV_TRANSPORT_AUTH_H_
 #define WAVEKV_TRANSPORT_AUTH_H_
 
@@ -29,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "kvstore/tenant_quota.h"
 
 namespace wavekv {
 
@@ -47,8 +57,14 @@ class TokenTable {
   const std::string* FindTenant(absl::string_view token) const;
   size_t size() const { return tenant_by_digest_.size(); }
 
+  // The quotas the file sets, by tenant (tenants without any are absent).
+  const absl::flat_hash_map<std::string, TenantQuota>& quotas() const {
+    return quotas_;
+  }
+
  private:
   absl::flat_hash_map<std::string, std::string> tenant_by_digest_;
+  absl::flat_hash_map<std::string, TenantQuota> quotas_;
 };
 
 // Maps the `authorization` metadata of a call to its tenant. Thread-safe.
@@ -79,11 +95,12 @@ class Authenticator {
   // Number of tokens of the current table (0 when disabled).
   size_t num_tokens() const;
 
+  // The current table (null when disabled); stays valid while held.
+  std::shared_ptr<const TokenTable> table() const;
+
  private:
   Authenticator(std::string tokens_path, std::string default_tenant,
                 std::shared_ptr<const TokenTable> table);
-
-  std::shared_ptr<const TokenTable> table() const;
 
   const std::string tokens_path_;     // empty = disabled
   const std::string default_tenant_;  // used when disabled

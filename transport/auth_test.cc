@@ -2,9 +2,14 @@
 
 #include <cstdio>
 #include <fstream>
+#include <vector>
 
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "prometheus/registry.h"
+#include "transport/auth_reloader.h"
 
 namespace wavekv {
 namespace {
@@ -45,8 +50,23 @@ TEST(TokenTableTest, ErrorsNameFileAndLineAndNeverEchoTheToken) {
     std::string text;
     std::string want;
   } cases[] = {
-      {"secret-1\n", "t.txt:1: expected '<token> <tenant>', got 1 fields"},
-      {"ok a\nsecret-1 a b\n", "t.txt:2: expected '<token> <tenant>', got 3"},
+      {"secret-1\n",
+       "t.txt:1: expected '<token> <tenant> [name=value ...]', got 1 field"},
+      {"ok a\nsecret-1 a b\n",
+       "t.txt:2: expected '<token> <tenant> [name=value ...]' with names "
+       "max_sessions, max_bytes, max_tokens"},
+      {"ok a\nsecret-1 a secret-2\n", "t.txt:2: expected '<token> <tenant>"},
+      {"secret-1 a =secret-2\n", "t.txt:1: expected '<token> <tenant>"},
+      {"secret-1 a max_size=1\n", "t.txt:1: unknown quota name"},
+      {"secret-1 a max_sessions=0\n",
+       "t.txt:1: max_sessions: expected a number >= 1, got '0'"},
+      {"secret-1 a max_sessions=4294967296\n",
+       "t.txt:1: max_sessions: expected a number >= 1"},
+      {"secret-1 a max_bytes=4XB\n",
+       "t.txt:1: max_bytes: expected a size such as 4GiB >= 1, got '4XB'"},
+      {"secret-1 a max_tokens=-1\n", "t.txt:1: max_tokens: expected a number"},
+      {"secret-1 a max_tokens=5\nsecret-2 a max_tokens=6\n",
+       "t.txt:2: max_tokens of tenant 'a' differs from line 1"},
       {"secret-1 a/b\n", "t.txt:1: tenant must be 1..128 characters"},
       {"secret-1 a\n\nsecret-1 b\n",
        "t.txt:3: duplicate token (first on line 1)"},
@@ -60,6 +80,27 @@ TEST(TokenTableTest, ErrorsNameFileAndLineAndNeverEchoTheToken) {
     EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.want));
     EXPECT_THAT(std::string(r.status().message()), Not(HasSubstr("secret")));
   }
+}
+
+TEST(TokenTableTest, ParsesTenantQuotas) {
+  const auto table = TokenTable::Parse(
+      "tok-a alice max_sessions=4 max_bytes=2GiB   # a comment\n"
+      "tok-b alice max_tokens=1000 max_sessions=4\n"  // same value: fine
+      "tok-c bob max_bytes=4096\n"
+      "tok-d carol\n",
+      "q.txt");
+  ASSERT_TRUE(table.ok()) << table.status();
+  EXPECT_EQ(table->size(), 4u);
+  EXPECT_EQ(*table->FindTenant("tok-b"), "alice");
+  ASSERT_EQ(table->quotas().size(), 2u);  // carol has none
+  const TenantQuota alice = table->quotas().at("alice");
+  EXPECT_EQ(alice.max_sessions, 4u);
+  EXPECT_EQ(alice.max_bytes, 2ull << 30);
+  EXPECT_EQ(alice.max_tokens, 1000u);
+  const TenantQuota bob = table->quotas().at("bob");
+  EXPECT_EQ(bob.max_sessions, 0u);
+  EXPECT_EQ(bob.max_bytes, 4096u);
+  EXPECT_EQ(bob.max_tokens, 0u);
 }
 
 TEST(AuthenticatorTest, DisabledActsAsTheDefaultTenant) {
@@ -117,7 +158,7 @@ TEST(AuthenticatorTest, FileErrors) {
   WriteFile(path, "only-one-field\n");
   const auto r = Authenticator::FromTokensFile(path);
   EXPECT_THAT(std::string(r.status().message()),
-              HasSubstr(path + ":1: expected '<token> <tenant>'"));
+              HasSubstr(path + ":1: expected '<token> <tenant> [name=value"));
 }
 
 TEST(AuthenticatorTest, ReloadSwapsTheTableAndKeepsItOnError) {
@@ -136,6 +177,90 @@ TEST(AuthenticatorTest, ReloadSwapsTheTableAndKeepsItOnError) {
   std::remove(path.c_str());
   EXPECT_EQ(auth->Reload().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(*auth->Authenticate("Bearer tok-z"), "tenant-z");
+}
+
+// The value of `name{labels}` in the registry's counters/gauges (-1 if none).
+double MetricValue(prometheus::Registry& registry, const std::string& name,
+                   const std::string& label_value = "") {
+  for (const prometheus::MetricFamily& family : registry.Collect()) {
+    if (family.name != name) continue;
+    for (const prometheus::ClientMetric& metric : family.metric) {
+      if (!label_value.empty() &&
+          (metric.label.empty() || metric.label[0].value != label_value)) {
+        continue;
+      }
+      return family.type == prometheus::MetricType::Counter
+                 ? metric.counter.value
+                 : metric.gauge.value;
+    }
+  }
+  return -1;
+}
+
+TEST(TokensFileReloaderTest, ReloadsChangesKeepsTheOldTableOnErrors) {
+  const std::string path = TmpPath("tokens_reloader");
+  WriteFile(path, "tok-a alice max_sessions=1\n");
+  auto auth = *Authenticator::FromTokensFile(path);
+  prometheus::Registry registry;
+  std::vector<absl::flat_hash_map<std::string, TenantQuota>> loaded;
+  TokensFileReloader reloader(
+      *auth, [&](const TokenTable& t) { loaded.push_back(t.quotas()); },
+      &registry, nullptr, {.start_thread = false});
+  EXPECT_EQ(MetricValue(registry, "wavekv_auth_tokens"), 1);
+
+  // Unchanged: nothing to do.
+  EXPECT_EQ(*reloader.CheckNow(), false);
+  // Same size, same inode, possibly the same timestamp tick: still seen.
+  WriteFile(path, "tok-b alice max_sessions=2\n");
+  EXPECT_EQ(*reloader.CheckNow(), true);
+  EXPECT_EQ(auth->Authenticate("Bearer tok-a").status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(*auth->Authenticate("Bearer tok-b"), "alice");
+  ASSERT_EQ(loaded.size(), 1u);
+  EXPECT_EQ(loaded[0].at("alice").max_sessions, 2u);
+
+  // A broken file: error, counted once, old table kept.
+  WriteFile(path, "tok-c alice max_sessions=lots\n");
+  const absl::StatusOr<bool> broken = reloader.CheckNow();
+  EXPECT_EQ(broken.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(broken.status().message()),
+              HasSubstr(":1: max_sessions: expected a number"));
+  EXPECT_EQ(*reloader.CheckNow(), false);  // unchanged since: not again
+  EXPECT_EQ(*auth->Authenticate("Bearer tok-b"), "alice");
+  EXPECT_EQ(loaded.size(), 1u);
+  // Removed: an error too, old table kept.
+  std::remove(path.c_str());
+  EXPECT_EQ(reloader.CheckNow().status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*auth->Authenticate("Bearer tok-b"), "alice");
+  // Fixed: loaded.
+  WriteFile(path, "tok-c alice\ntok-d bob\n");
+  EXPECT_EQ(*reloader.CheckNow(), true);
+  EXPECT_EQ(*auth->Authenticate("Bearer tok-d"), "bob");
+  ASSERT_EQ(loaded.size(), 2u);
+  EXPECT_TRUE(loaded[1].empty());  // quotas removed with the file's lines
+
+  EXPECT_EQ(reloader.reloads_ok(), 2u);
+  EXPECT_EQ(reloader.reloads_failed(), 2u);
+  EXPECT_EQ(MetricValue(registry, "wavekv_auth_reloads_total", "ok"), 2);
+  EXPECT_EQ(MetricValue(registry, "wavekv_auth_reloads_total", "error"), 2);
+  EXPECT_EQ(MetricValue(registry, "wavekv_auth_tokens"), 2);
+}
+
+TEST(TokensFileReloaderTest, ThePollingThreadPicksUpChanges) {
+  const std::string path = TmpPath("tokens_thread");
+  WriteFile(path, "tok-a alice\n");
+  auto auth = *Authenticator::FromTokensFile(path);
+  absl::Notification reloaded;
+  TokensFileReloader reloader(*auth,
+                              [&](const TokenTable&) {
+                                if (!reloaded.HasBeenNotified())
+                                  reloaded.Notify();
+                              },
+                              nullptr, nullptr,
+                              {.poll_interval = absl::Milliseconds(10)});
+  WriteFile(path, "tok-a alice\ntok-new bob\n");
+  ASSERT_TRUE(reloaded.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(*auth->Authenticate("Bearer tok-new"), "bob");
 }
 
 }  // namespace

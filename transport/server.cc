@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "transport/tls.h"
 
 namespace wavekv {
 namespace {
@@ -44,6 +45,17 @@ absl::StatusOr<std::unique_ptr<WaveKvServer>> WaveKvServer::Start(
 
   server->registry_ = std::make_shared<prometheus::Registry>();
   server->metrics_ = std::make_unique<ServerMetrics>(*server->registry_);
+  if (server->auth_->enabled()) {
+    // The tenants' quotas from the tokens file, now and on every reload.
+    Engine* quota_engine = server->engine_.get();
+    quota_engine->SetTenantQuotas(server->auth_->table()->quotas());
+    server->tokens_reloader_ = std::make_unique<TokensFileReloader>(
+        *server->auth_,
+        [quota_engine](const TokenTable& table) {
+          quota_engine->SetTenantQuotas(table.quotas());
+        },
+        server->registry_.get(), &log);
+  }
   Engine* engine = server->engine_.get();
   ServerMetrics* metrics = server->metrics_.get();
   metrics->SetEngineStats(engine->Stats());
@@ -79,9 +91,10 @@ absl::StatusOr<std::unique_ptr<WaveKvServer>> WaveKvServer::Start(
       *server->engine_, *server->auth_, *server->metrics_, limits, &log);
 
   EnableHealthAndReflection();
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                   MakeServerCredentials(options.ToTlsFiles()));
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
-                           &server->grpc_port_);
+  builder.AddListeningPort(options.listen, credentials, &server->grpc_port_);
   // Deliberate limits on both directions (validated to fit in an int).
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));

@@ -23,6 +23,7 @@
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 #include "transport/auth.h"
+#include "transport/auth_reloader.h"
 #include "transport/data_dir.h"
 #include "transport/log.h"
 #include "transport/metrics.h"
@@ -77,6 +78,8 @@ class WaveKvServer {
   std::unique_ptr<Authenticator> auth_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<ServerMetrics> metrics_;
+  // Re-reads the tokens file (null when authentication is disabled).
+  std::unique_ptr<TokensFileReloader> tokens_reloader_;
   std::shared_ptr<RefreshingCollectable> exposed_metrics_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<WaveKvService> service_;

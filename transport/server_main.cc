@@ -55,7 +55,14 @@ ABSL_FLAG(wavekv::ByteSize, max_inline_kv_bytes,
 ABSL_FLAG(uint32_t, max_batch_sessions, kDefaults.max_batch_sessions,
           "sessions per Retrieve call");
 ABSL_FLAG(std::string, tokens_file, "",
-          "`<token> <tenant>` lines; empty disables authentication");
+          "`<token> <tenant> [max_sessions=N] [max_bytes=SIZE] "
+          "[max_tokens=N]` lines, re-read on change; empty disables "
+          "authentication");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain: serve gRPC over TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require client certificates from it (mTLS)");
 ABSL_FLAG(std::string, ready_file, "",
           "written atomically with {\"grpc_port\",\"metrics_port\",\"pid\"} "
           "once listening");
@@ -79,6 +86,9 @@ const absl::flat_hash_set<std::string>& ConfigNames() {
       "max_inline_kv_bytes",
       "max_batch_sessions",
       "tokens_file",
+      "tls_cert",
+      "tls_key",
+      "tls_client_ca",
       "ready_file",
       "drain_timeout_ms",
   };
@@ -91,6 +101,9 @@ ServerOptions OptionsFromFlags() {
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
   o.tokens_file = absl::GetFlag(FLAGS_tokens_file);
+  o.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  o.tls_key = absl::GetFlag(FLAGS_tls_key);
+  o.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   o.ready_file = absl::GetFlag(FLAGS_ready_file);
   o.memory_budget_bytes = absl::GetFlag(FLAGS_memory_budget).bytes;
   o.max_sessions = absl::GetFlag(FLAGS_max_sessions);
@@ -199,6 +212,11 @@ int Run(int argc, char** argv) {
             {"max_batch_sessions", options.max_batch_sessions},
             {"tokens_file", options.tokens_file},
             {"auth", !options.tokens_file.empty()},
+            {"tls_cert", options.tls_cert},
+            {"tls_key", options.tls_key},
+            {"tls_client_ca", options.tls_client_ca},
+            {"tls", !options.tls_cert.empty()},
+            {"mtls", !options.tls_client_ca.empty()},
             {"ready_file", options.ready_file},
             {"drain_timeout_ms", options.drain_timeout_ms}});
 

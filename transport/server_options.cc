@@ -79,7 +79,16 @@ absl::Status ServerOptions::Validate() const {
         absl::StrCat("drain_timeout_ms: ", drain_timeout_ms,
                      " is out of range 0..", kMaxDrainTimeoutMs));
   }
+  RETURN_IF_ERROR(ToTlsFiles().Validate());
   return ToEngineOptions().Validate();
+}
+
+ServerTlsFiles ServerOptions::ToTlsFiles() const {
+  ServerTlsFiles files;
+  files.cert_file = tls_cert;
+  files.key_file = tls_key;
+  files.client_ca_file = tls_client_ca;
+  return files;
 }
 
 EngineOptions ServerOptions::ToEngineOptions() const {

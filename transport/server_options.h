@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "kvstore/engine.h"
+#include "transport/tls.h"
 
 namespace wavekv {
 
@@ -20,9 +21,16 @@ struct ServerOptions {
   std::string metrics_listen = "127.0.0.1:9464";
   // Created if missing; holds the server's RocksDB (and its lock).
   std::string data_dir = "./wavekv-data";
-  // `<token> <tenant>` lines; empty = authentication disabled (every call
-  // acts as tenant "default").
+  // `<token> <tenant> [max_sessions=N max_bytes=SIZE max_tokens=N]` lines
+  // (transport/auth.h), re-read when it changes; empty = authentication
+  // disabled (every call acts as tenant "default").
   std::string tokens_file;
+  // TLS of the gRPC listener (transport/tls.h): PEM certificate chain and
+  // key (both or neither); with tls_client_ca, clients must present a
+  // certificate from that CA (mTLS). /metrics stays plain HTTP.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
   // If set, {"grpc_port":N,"metrics_port":M,"pid":P} is written here
   // (tmp + rename) once both listeners are up.
   std::string ready_file;
@@ -44,6 +52,7 @@ struct ServerOptions {
   // InvalidArgument naming the flag and the value; never clamps.
   absl::Status Validate() const;
   EngineOptions ToEngineOptions() const;
+  ServerTlsFiles ToTlsFiles() const;
 };
 
 // Checks "HOST:PORT" (HOST may be a name, IPv4, or [IPv6]; PORT 0..65535).
