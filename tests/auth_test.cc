@@ -31,7 +31,10 @@ class AuthTest : public ::testing::Test {
     absl::StatusOr<std::string> dir = MakeTempDir("auth-tokens");
     ASSERT_TRUE(dir.ok()) << dir.status();
     tokens_ = *dir + "/tokens";
-    ASSERT_TRUE(WriteFile(tokens_, "old-token alice\nkeep-token bob\n").ok());
+    ASSERT_TRUE(WriteFile(tokens_,
+                          "old-token alice\nkeep-token bob\n"
+                          "reader-token bob role=read\n")
+                    .ok());
     absl::StatusOr<std::unique_ptr<ServerProcess>> server =
         ServerProcess::Start(
             {.name = "auth", .args = {"--tokens_file=" + tokens_}});
@@ -115,6 +118,47 @@ TEST_F(AuthTest, EveryRpcNeedsAKnownToken) {
   auto info = CallGetSession(*stub_, "keep-token", id);
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info.response.num_tokens(), 0u);
+}
+
+TEST_F(AuthTest, ReadOnlyTokensArePermissionDeniedOnWrites) {
+  const v1::ModelShape shape = Shape();
+  auto created = CallCreateSession(*stub_, "keep-token", SessionRequest(shape));
+  ASSERT_TRUE(created.ok());
+  const std::string id = created.response.session().session_id();
+  const KvPattern pattern(1, shape);
+  ASSERT_TRUE(AppendTokens(*stub_, "keep-token", id, pattern, 0, 8, 8).ok());
+
+  // Reads work with bob's read-only token, on bob's sessions.
+  EXPECT_TRUE(CallGetSession(*stub_, "reader-token", id).ok());
+  EXPECT_TRUE(List("reader-token").ok());
+  v1::RetrieveRequest retrieve =
+      RetrieveRequestFor(0, v1::RETRIEVE_MODE_EXACT, true);
+  AddQuery(retrieve, id, pattern.Query(0, 0));
+  EXPECT_TRUE(CallRetrieve(*stub_, "reader-token", retrieve).ok());
+
+  // Writes are PERMISSION_DENIED, before anything else is looked at.
+  std::vector<std::pair<std::string, grpc::Status>> writes;
+  writes.emplace_back(
+      "CreateSession",
+      CallCreateSession(*stub_, "reader-token", SessionRequest(shape)).status);
+  v1::AppendRequest append;
+  append.set_session_id(id);
+  *append.add_layers() = pattern.Layer(0, 8, 1);
+  writes.emplace_back("Append",
+                      CallAppend(*stub_, "reader-token", append).status);
+  writes.emplace_back("CloseSession",
+                      CallCloseSession(*stub_, "reader-token", id).status);
+  for (const auto& [rpc, status] : writes) {
+    EXPECT_EQ(status.error_code(), StatusCode::PERMISSION_DENIED)
+        << rpc << ": " << StatusText(status);
+    EXPECT_TRUE(
+        absl::StrContains(status.error_message(), rpc + " needs role=write"))
+        << StatusText(status);
+  }
+  auto info = CallGetSession(*stub_, "keep-token", id);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info.response.num_tokens(), 8u);
+  EXPECT_EQ(ListAllSessions(*stub_, "keep-token").response.size(), 1u);
 }
 
 TEST_F(AuthTest, TokensFileIsReloadedOnChange) {

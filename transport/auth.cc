@@ -59,7 +59,7 @@ absl::Status ParseQuota(absl::string_view field, const std::string& tenant,
   if (eq == absl::string_view::npos || eq == 0) {
     return LineError(filename, line_no,
                      "expected '<token> <tenant> [name=value ...]' with "
-                     "names max_sessions, max_bytes, max_tokens");
+                     "names max_sessions, max_bytes, max_tokens, role");
   }
   const absl::string_view name = field.substr(0, eq);
   const absl::string_view value = field.substr(eq + 1);
@@ -67,8 +67,8 @@ absl::Status ParseQuota(absl::string_view field, const std::string& tenant,
   const uint64_t current = QuotaValue(quota, name, &known);
   if (!known) {
     return LineError(filename, line_no,
-                     "unknown quota name (expected max_sessions, max_bytes "
-                     "or max_tokens)");
+                     "unknown option name (expected max_sessions, "
+                     "max_bytes, max_tokens or role)");
   }
   uint64_t number = 0;
   bool parsed = false;
@@ -150,18 +150,32 @@ absl::StatusOr<TokenTable> TokenTable::Parse(absl::string_view text,
           filename, line_no,
           absl::StrCat("duplicate token (first on line ", it->second, ")"));
     }
-    const std::string tenant_name(tenant);
-    if (fields.size() > 2) {
-      TenantQuota& quota = table.quotas_[tenant_name];
-      for (size_t f = 2; f < fields.size(); ++f) {
-        if (absl::Status st = ParseQuota(fields[f], tenant_name, filename,
-                                         line_no, quota, quota_line);
-            !st.ok()) {
-          return st;
+    TokenPrincipal principal;
+    principal.tenant = std::string(tenant);
+    const auto quota_it = table.quotas_.find(principal.tenant);
+    TenantQuota quota =
+        quota_it == table.quotas_.end() ? TenantQuota{} : quota_it->second;
+    bool role_seen = false;
+    for (size_t f = 2; f < fields.size(); ++f) {
+      if (absl::StartsWith(fields[f], "role=")) {
+        const absl::string_view role = fields[f].substr(5);
+        if (role_seen || (role != "read" && role != "write")) {
+          return LineError(
+              filename, line_no,
+              role_seen ? "role: given twice" : "role: expected read or write");
         }
+        role_seen = true;
+        principal.read_only = role == "read";
+        continue;
+      }
+      if (absl::Status st = ParseQuota(fields[f], principal.tenant, filename,
+                                       line_no, quota, quota_line);
+          !st.ok()) {
+        return st;
       }
     }
-    table.tenant_by_digest_.emplace(std::move(digest), tenant_name);
+    if (!quota.unlimited()) table.quotas_[principal.tenant] = quota;
+    table.by_digest_.emplace(std::move(digest), std::move(principal));
   }
   return table;
 }
@@ -181,9 +195,14 @@ absl::StatusOr<TokenTable> TokenTable::ReadFile(const std::string& path) {
   return Parse(text.str(), path);
 }
 
+const TokenPrincipal* TokenTable::Find(absl::string_view token) const {
+  const auto it = by_digest_.find(Digest(token));
+  return it == by_digest_.end() ? nullptr : &it->second;
+}
+
 const std::string* TokenTable::FindTenant(absl::string_view token) const {
-  const auto it = tenant_by_digest_.find(Digest(token));
-  return it == tenant_by_digest_.end() ? nullptr : &it->second;
+  const TokenPrincipal* principal = Find(token);
+  return principal == nullptr ? nullptr : &principal->tenant;
 }
 
 Authenticator::Authenticator(std::string tokens_path,
@@ -217,6 +236,12 @@ std::shared_ptr<const TokenTable> Authenticator::table() const {
 
 absl::StatusOr<std::string> Authenticator::Authenticate(
     std::optional<absl::string_view> authorization) const {
+  return Authorize(authorization, Access::kRead, "");
+}
+
+absl::StatusOr<std::string> Authenticator::Authorize(
+    std::optional<absl::string_view> authorization, Access access,
+    absl::string_view what) const {
   if (!enabled()) return default_tenant_;
   absl::string_view value =
       absl::StripAsciiWhitespace(authorization.value_or(""));
@@ -230,11 +255,16 @@ absl::StatusOr<std::string> Authenticator::Authenticate(
   const absl::string_view token =
       absl::StripLeadingAsciiWhitespace(value.substr(kScheme.size()));
   const std::shared_ptr<const TokenTable> current = table();
-  const std::string* tenant = current->FindTenant(token);
-  if (tenant == nullptr) {
+  const TokenPrincipal* principal = current->Find(token);
+  if (principal == nullptr) {
     return absl::UnauthenticatedError("authorization: unknown token");
   }
-  return *tenant;
+  if (access == Access::kWrite && principal->read_only) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("authorization: the token is read-only (role=read); ",
+                     what.empty() ? "this call" : what, " needs role=write"));
+  }
+  return principal->tenant;
 }
 
 absl::Status Authenticator::Reload() {

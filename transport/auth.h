@@ -15,8 +15,9 @@
 // (K+V bytes over its sessions; "4GiB", "512MiB" or bytes),
 // max_tokens=N (tokens over its sessions). Values are >= 1; an absent quota
 // is unlimited. A quota may be given on any of the tenant's lines; two lines
-// giving different values are an error. Errors name "FILE:LINE" and never
-// echo a token.
+// giving different values are an error. `role=read` makes that one token
+// read-only (writes: PERMISSION_DENIED); `role=write` (default) allows all.
+// Errors name "FILE:LINE" and never echo a token.
 //
 // Tokens are held as SHA-256 digests and looked up by digest, so lookup
 // time does not depend on how much of a guessed token matches a real one.
@@ -42,6 +43,17 @@
 
 namespace wavekv {
 
+// What a token stands for.
+struct TokenPrincipal {
+  std::string tenant;
+  // role=read: reads only (GetSession, ListSessions, Retrieve,
+  // FetchClusters, GetTransportInfo); writes are PERMISSION_DENIED.
+  bool read_only = false;
+};
+
+// What a call does, for Authenticator::Authorize.
+enum class Access { kRead, kWrite };
+
 // An immutable token -> tenant table. Thread-safe (const after Parse).
 class TokenTable {
  public:
@@ -53,9 +65,11 @@ class TokenTable {
   // Reads and parses `path`; NotFound if it cannot be opened.
   static absl::StatusOr<TokenTable> ReadFile(const std::string& path);
 
+  // The principal of `token`, or nullptr if the token is unknown.
+  const TokenPrincipal* Find(absl::string_view token) const;
   // The tenant of `token`, or nullptr if the token is unknown.
   const std::string* FindTenant(absl::string_view token) const;
-  size_t size() const { return tenant_by_digest_.size(); }
+  size_t size() const { return by_digest_.size(); }
 
   // The quotas the file sets, by tenant (tenants without any are absent).
   const absl::flat_hash_map<std::string, TenantQuota>& quotas() const {
@@ -63,7 +77,7 @@ class TokenTable {
   }
 
  private:
-  absl::flat_hash_map<std::string, std::string> tenant_by_digest_;
+  absl::flat_hash_map<std::string, TokenPrincipal> by_digest_;
   absl::flat_hash_map<std::string, TenantQuota> quotas_;
 };
 
@@ -86,6 +100,13 @@ class Authenticator {
   // credential) or "authorization: unknown token".
   absl::StatusOr<std::string> Authenticate(
       std::optional<absl::string_view> authorization) const;
+
+  // As Authenticate, and a token whose role does not allow `access` is
+  // PERMISSION_DENIED "authorization: the token is read-only (role=read);
+  // <what> needs role=write". Disabled: every call may write.
+  absl::StatusOr<std::string> Authorize(
+      std::optional<absl::string_view> authorization, Access access,
+      absl::string_view what) const;
 
   // Re-reads the tokens file and swaps the table in atomically; calls in
   // flight finish with the table they started with. On error the current

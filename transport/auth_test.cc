@@ -54,10 +54,12 @@ TEST(TokenTableTest, ErrorsNameFileAndLineAndNeverEchoTheToken) {
        "t.txt:1: expected '<token> <tenant> [name=value ...]', got 1 field"},
       {"ok a\nsecret-1 a b\n",
        "t.txt:2: expected '<token> <tenant> [name=value ...]' with names "
-       "max_sessions, max_bytes, max_tokens"},
+       "max_sessions, max_bytes, max_tokens, role"},
       {"ok a\nsecret-1 a secret-2\n", "t.txt:2: expected '<token> <tenant>"},
       {"secret-1 a =secret-2\n", "t.txt:1: expected '<token> <tenant>"},
-      {"secret-1 a max_size=1\n", "t.txt:1: unknown quota name"},
+      {"secret-1 a max_size=1\n", "t.txt:1: unknown option name"},
+      {"secret-1 a role=admin\n", "t.txt:1: role: expected read or write"},
+      {"secret-1 a role=read role=read\n", "t.txt:1: role: given twice"},
       {"secret-1 a max_sessions=0\n",
        "t.txt:1: max_sessions: expected a number >= 1, got '0'"},
       {"secret-1 a max_sessions=4294967296\n",
@@ -101,6 +103,30 @@ TEST(TokenTableTest, ParsesTenantQuotas) {
   EXPECT_EQ(bob.max_sessions, 0u);
   EXPECT_EQ(bob.max_bytes, 4096u);
   EXPECT_EQ(bob.max_tokens, 0u);
+}
+
+TEST(AuthenticatorTest, ReadOnlyTokensMayNotWrite) {
+  const std::string path = TmpPath("tokens_roles");
+  WriteFile(path,
+            "tok-r alice role=read\ntok-w alice role=write\ntok-d alice\n");
+  auto auth = *Authenticator::FromTokensFile(path);
+  EXPECT_EQ(*auth->Authorize("Bearer tok-r", Access::kRead, "GetSession"),
+            "alice");
+  const auto denied = auth->Authorize("Bearer tok-r", Access::kWrite, "Append");
+  EXPECT_EQ(denied.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(denied.status().message(),
+            "authorization: the token is read-only (role=read); Append needs "
+            "role=write");
+  EXPECT_EQ(*auth->Authorize("Bearer tok-w", Access::kWrite, "Append"),
+            "alice");
+  EXPECT_EQ(*auth->Authorize("Bearer tok-d", Access::kWrite, "Append"),
+            "alice");
+  // Unknown tokens stay UNAUTHENTICATED whatever the access.
+  EXPECT_EQ(
+      auth->Authorize("Bearer x", Access::kWrite, "Append").status().code(),
+      absl::StatusCode::kUnauthenticated);
+  // A role alone sets no quota.
+  EXPECT_TRUE(auth->table()->quotas().empty());
 }
 
 TEST(AuthenticatorTest, DisabledActsAsTheDefaultTenant) {

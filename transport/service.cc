@@ -69,8 +69,8 @@ WaveKvService::RegisteredStream::~RegisteredStream() {
   service_.streams_.erase(ctx_);
 }
 
-absl::StatusOr<std::string> WaveKvService::Admit(
-    grpc::ServerContext* ctx) const {
+absl::StatusOr<std::string> WaveKvService::Admit(grpc::ServerContext* ctx,
+                                                 RpcMethod method) const {
   // The caller is already counted in in_flight_ (seq_cst), so a drainer
   // that sets draining_ and then sees in_flight_ == 0 has no call to miss.
   if (draining_.load()) {
@@ -81,7 +81,11 @@ absl::StatusOr<std::string> WaveKvService::Admit(
   if (const auto it = metadata.find("authorization"); it != metadata.end()) {
     authorization = absl::string_view(it->second.data(), it->second.size());
   }
-  return auth_.Authenticate(authorization);
+  const bool writes = method == RpcMethod::kCreateSession ||
+                      method == RpcMethod::kAppend ||
+                      method == RpcMethod::kCloseSession;
+  return auth_.Authorize(authorization, writes ? Access::kWrite : Access::kRead,
+                         RpcMethodName(method));
 }
 
 grpc::Status WaveKvService::Finish(RpcMethod method, absl::Time start,
@@ -109,7 +113,7 @@ grpc::Status WaveKvService::RunUnary(RpcMethod method, grpc::ServerContext* ctx,
   const uint64_t received = request.ByteSizeLong();
   absl::Status status;
   uint64_t sent = 0;
-  absl::StatusOr<std::string> tenant = Admit(ctx);
+  absl::StatusOr<std::string> tenant = Admit(ctx, method);
   if (!tenant.ok()) {
     status = tenant.status();
   } else {
@@ -188,7 +192,7 @@ grpc::Status WaveKvService::FetchClusters(
   const absl::Time start = absl::Now();
   const uint64_t received = request->ByteSizeLong();
   uint64_t sent = 0;
-  absl::StatusOr<std::string> tenant = Admit(ctx);
+  absl::StatusOr<std::string> tenant = Admit(ctx, RpcMethod::kFetchClusters);
   if (!tenant.ok()) {
     return Finish(RpcMethod::kFetchClusters, start, tenant.status(), received,
                   0);

@@ -106,8 +106,10 @@ class WaveKvService final : public v1::WaveKv::Service {
                         const google::protobuf::Message& response, Body&& body);
 
   // UNAVAILABLE while draining; otherwise the caller's tenant (or
-  // UNAUTHENTICATED).
-  absl::StatusOr<std::string> Admit(grpc::ServerContext* ctx) const;
+  // UNAUTHENTICATED; PERMISSION_DENIED for a read-only token on a method
+  // that writes: CreateSession, Append, CloseSession).
+  absl::StatusOr<std::string> Admit(grpc::ServerContext* ctx,
+                                    RpcMethod method) const;
 
   // Lists a streaming handler's context in streams_ for its lifetime.
   class RegisteredStream {
