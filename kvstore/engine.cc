@@ -7,6 +7,7 @@
 #include <memory>
 #include <utility>
 
+#include "absl/base/internal/raw_logging.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -38,11 +39,26 @@ HostArenaOptions ArenaOptionsFor(const EngineOptions& options) {
   return arena;
 }
 
+// The GPU backend, or null for the CPU. Open checked the option; a device
+// that then fails to open leaves the engine on the CPU, logged.
+std::unique_ptr<EngineGpu> OpenGpu(int32_t option) {
+  absl::StatusOr<std::unique_ptr<EngineGpu>> gpu = EngineGpu::Open(option);
+  if (!gpu.ok()) {
+    const std::string message = gpu.status().ToString();
+    ABSL_RAW_LOG(WARNING, "wavekv: GPU backend not opened, using the CPU: %s",
+                 message.c_str());
+    return nullptr;
+  }
+  return *std::move(gpu);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(
     const EngineOptions& options) {
   RETURN_IF_ERROR(options.Validate());
+  // A GPU that was asked for by number and cannot be used fails Open.
+  RETURN_IF_ERROR(ResolveGpuDevice(options.gpu_device).status());
   return std::unique_ptr<Engine>(std::make_unique<EngineImpl>(options));
 }
 
@@ -52,7 +68,9 @@ EngineImpl::EngineImpl(const EngineOptions& options)
       arena_(ArenaOptionsFor(options)),
       sessions_(options.max_sessions, options.max_sessions_per_tenant,
                 &quotas_),
-      builder_(options.index_threads, budget_, options.on_index_build_failure),
+      gpu_(OpenGpu(options.gpu_device)),
+      builder_(options.index_threads, budget_, options.on_index_build_failure,
+               gpu_.get()),
       retrieve_pool_(static_cast<int>(options.retrieve_threads)) {}
 
 int64_t EngineImpl::NowUnixMs() { return absl::ToUnixMillis(absl::Now()); }
@@ -168,6 +186,7 @@ EngineStats EngineImpl::Stats() const {
     stats.indexed_tokens += session->indexed_tokens();
   }
   builder_.AddStats(stats);
+  if (gpu_ != nullptr) gpu_->AddStats(stats);
   return stats;
 }
 

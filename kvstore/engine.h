@@ -47,6 +47,10 @@ struct IndexBuildFailure {
   absl::Status status;
 };
 
+// EngineOptions::gpu_device values besides a device number.
+inline constexpr int32_t kGpuOff = -1;
+inline constexpr int32_t kGpuAuto = -2;
+
 struct EngineOptions {
   // Host memory all sessions' K/V may hold, in bytes. Appends beyond it fail
   // with ResourceExhausted. >= 1 MiB.
@@ -77,6 +81,15 @@ struct EngineOptions {
   // be thread-safe and must not call into the engine. Empty: failures are
   // logged to stderr.
   std::function<void(const IndexBuildFailure&)> on_index_build_failure;
+  // GPU backend: index builds (k-means of a layer's kv heads in one batch)
+  // and WAVE retrieval planning (scoring, zones, tails over centroids, value
+  // sums and sizes kept in device memory) on a CUDA device. kGpuOff = CPU
+  // only; kGpuAuto = device 0 if this build has CUDA and a GPU is usable,
+  // the CPU otherwise; N >= 0 = device N: Open fails with InvalidArgument
+  // if this build has no CUDA or N is not a device, FailedPrecondition if
+  // no GPU is usable. A GPU call that fails falls back to the CPU for that
+  // call (logged and counted in EngineStats). >= -2.
+  int32_t gpu_device = -1;
 
   absl::Status Validate() const;
 };
@@ -95,6 +108,14 @@ struct EngineStats {
   double index_build_seconds_total = 0.0;
   // (session, layer) builds queued or running now.
   uint64_t index_pending_layers = 0;
+  // GPU backend (EngineOptions::gpu_device): the device in use (-1 none),
+  // blocks clustered and Retrieve calls planned on it, and GPU calls that
+  // failed and were redone on the CPU (counters since Open).
+  int32_t gpu_device = -1;
+  uint64_t gpu_index_blocks = 0;
+  uint64_t gpu_build_fallbacks = 0;
+  uint64_t gpu_retrieve_calls = 0;
+  uint64_t gpu_retrieve_fallbacks = 0;
 };
 
 class Engine {

@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kvstore/engine.h"
+#include "kvstore/gpu/engine_gpu.h"
 #include "kvstore/host_arena.h"
 #include "kvstore/index_builder.h"
 #include "kvstore/memory_budget.h"
@@ -89,6 +90,9 @@ class EngineImpl final : public Engine {
   HostArena arena_;
   TenantQuotas quotas_;  // before sessions_, which points to it
   SessionManager sessions_;
+  // The GPU backend (gpu_device), null on the CPU. Used by builder_'s
+  // threads and by Retrieve (wave_gpu.cc).
+  const std::unique_ptr<EngineGpu> gpu_;
   // Destroyed before the members above: their threads use them.
   IndexBuilder builder_;
   ThreadPool retrieve_pool_;

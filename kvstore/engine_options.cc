@@ -57,6 +57,11 @@ absl::Status EngineOptions::Validate() const {
       !s.ok()) {
     return s;
   }
+  if (gpu_device < kGpuAuto) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gpu_device: ", gpu_device,
+                     " is not a device number, -1 (off) or -2 (auto)"));
+  }
   return absl::OkStatus();
 }
 

@@ -50,17 +50,24 @@ absl::Status PlanWaveHead(const HeadStore& head,
   absl::StatusOr<RetrievalPlan> plan =
       PlanRetrieval(index, queries, group_size, params, DefaultScale(head_dim));
   if (!plan.ok()) return plan.status();
-  out->retrieval.reserve(plan->retrieval_clusters.size());
-  for (ClusterId c : plan->retrieval_clusters) {
+  FillWaveHead(index, *std::move(plan), head_dim, out);
+  return absl::OkStatus();
+}
+
+void FillWaveHead(const WaveIndex& index, RetrievalPlan plan, size_t head_dim,
+                  KvHeadResult* out) {
+  out->retrieval.clear();
+  out->tail.clear();
+  out->retrieval.reserve(plan.retrieval_clusters.size());
+  for (ClusterId c : plan.retrieval_clusters) {
     out->retrieval.push_back(
         {c, kClusterSlotBase + index.cluster_offset(c), index.cluster_size(c)});
   }
-  out->tail.reserve(plan->tail.size());
-  for (AttentionPartial& p : plan->tail) {
+  out->tail.reserve(plan.tail.size());
+  for (AttentionPartial& p : plan.tail) {
     if (p.numerator.empty()) p.numerator.assign(head_dim, 0.0f);
     out->tail.push_back({p.max_logit, p.denominator, std::move(p.numerator)});
   }
-  return absl::OkStatus();
 }
 
 uint64_t RangeSlots(absl::Span<const SlotRange> ranges) {

@@ -14,6 +14,8 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "index/retrieval.h"
+#include "index/wave_index.h"
 #include "index/wave_index_params.h"
 #include "kvstore/session.h"
 #include "kvstore/types.h"
@@ -37,6 +39,11 @@ absl::Status PlanWaveHead(const HeadStore& head,
                           absl::Span<const float> queries, size_t group_size,
                           size_t head_dim, const WaveIndexParams& params,
                           KvHeadResult* out);
+
+// The answer of PlanWaveHead from a plan of `index` (made by any
+// RetrievalBackend): out->retrieval and out->tail, as PlanWaveHead.
+void FillWaveHead(const WaveIndex& index, RetrievalPlan plan, size_t head_dim,
+                  KvHeadResult* out);
 
 // Slots in `ranges`.
 uint64_t RangeSlots(absl::Span<const SlotRange> ranges);

@@ -6,9 +6,10 @@
 //  1. reserve the new cluster slots' bytes in the memory budget;
 //  2. per kv head, the heads in parallel on the build pool: copy the
 //     block's K/V in token order into a new segment (short reader locks, a
-//     few thousand tokens at a time), cluster it with
-//     WaveIndex::PrepareBlock (no lock), and reorder the segment in place
-//     into the index's cluster-major order;
+//     few thousand tokens at a time); then cluster every head (no lock):
+//     on the GPU in one batch when the engine has one (EngineGpu), else,
+//     or if that fails, per head with WaveIndex::PrepareBlock on the pool;
+//     and reorder each segment in place into its cluster-major order;
 //  3. under the layer's writer lock: check that nothing conflicting
 //     happened, reserve the index's growth, commit every head's block,
 //     install the segments and drop the tokens from the token-order stores,
@@ -28,6 +29,7 @@
 #include "index/wave_index.h"
 #include "index/wave_index_params.h"
 #include "kvstore/cluster_store.h"
+#include "kvstore/gpu/engine_gpu.h"
 #include "kvstore/session.h"
 #include "kvstore/thread_pool.h"
 
@@ -63,7 +65,8 @@ absl::Status Annotate(const absl::Status& status, absl::string_view what) {
 
 Session::BuildReport Session::BuildIndex(uint32_t layer_index,
                                          MemoryBudget& budget,
-                                         ThreadPool& pool) {
+                                         ThreadPool& pool,
+                                         EngineGpu* gpu) {
   ABSL_RAW_CHECK(layer_index < layers_.size(), "BuildIndex: bad layer");
   Layer& layer = *layers_[layer_index];
   BuildReport report;
@@ -79,7 +82,7 @@ Session::BuildReport Session::BuildIndex(uint32_t layer_index,
     absl::Status status;
     if (!block.empty()) {
       absl::StatusOr<bool> installed =
-          BuildBlock(layer_index, block, budget, pool);
+          BuildBlock(layer_index, block, budget, pool, gpu);
       if (installed.ok() && !*installed) return report;  // closed
       if (installed.ok()) {
         ++report.blocks;
@@ -108,8 +111,8 @@ Session::BuildReport Session::BuildIndex(uint32_t layer_index,
 }
 
 absl::StatusOr<bool> Session::BuildBlock(uint32_t layer_index, TokenSpan block,
-                                         MemoryBudget& budget,
-                                         ThreadPool& pool) {
+                                         MemoryBudget& budget, ThreadPool& pool,
+                                         EngineGpu* gpu) {
   Layer& layer = *layers_[layer_index];
   const ModelShape& shape = options_.shape;
   const size_t num_heads = shape.num_kv_heads;
@@ -169,30 +172,55 @@ absl::StatusOr<bool> Session::BuildBlock(uint32_t layer_index, TokenSpan block,
           block.begin + done, m, segment->keys() + done * row_bytes,
           segment->values() + done * row_bytes, nullptr);
     }
-    const KvRows rows{shape.dtype,       d,        n, segment->keys(),
-                      segment->values(), row_bytes};
-    // The index is read without the layer lock: only this build changes
-    // it, and it does so under the writer lock below.
-    absl::StatusOr<PreparedBlock> prepared =
-        out.index->PrepareBlock(params_, block.begin, rows, /*threads=*/1);
-    if (!prepared.ok()) {
-      out.status =
-          Annotate(prepared.status(), absl::StrCat(what, ", kv head ", h));
-      return;
-    }
-    std::vector<uint64_t> source(n);
-    for (uint64_t i = 0; i < n; ++i) {
-      source[i] = prepared->slot_tokens[i] - block.begin;
-    }
-    segment->Permute(source);
-    std::copy(prepared->slot_tokens.begin(), prepared->slot_tokens.end(),
-              segment->positions());
     out.segment.emplace(*std::move(segment));
-    out.prepared.emplace(*std::move(prepared));
   });
   for (const HeadBuild& head : heads) {
     if (head.closed) return false;
   }
+  for (const HeadBuild& head : heads) {
+    if (!head.status.ok()) return head.status;
+  }
+  // The indexes are read without the layer lock: only this build changes
+  // them, and it does so under the writer lock below.
+  auto rows_of = [&](const HeadBuild& head) {
+    return KvRows{shape.dtype,          d,        n, head.segment->keys(),
+                  head.segment->values(), row_bytes};
+  };
+  if (gpu != nullptr) {
+    std::vector<KvRows> rows;
+    std::vector<std::shared_ptr<WaveIndex>> indexes;
+    for (const HeadBuild& head : heads) {
+      rows.push_back(rows_of(head));
+      indexes.push_back(head.index);
+    }
+    // A failure is counted and logged by EngineGpu; the CPU redoes it.
+    absl::StatusOr<std::vector<PreparedBlock>> blocks =
+        gpu->PrepareBlocks(params_, block.begin, rows, indexes, what);
+    if (blocks.ok()) {
+      for (size_t h = 0; h < num_heads; ++h) {
+        heads[h].prepared.emplace(std::move((*blocks)[h]));
+      }
+    }
+  }
+  pool.ParallelFor(num_heads, [&](size_t h) {
+    HeadBuild& out = heads[h];
+    if (!out.prepared.has_value()) {
+      absl::StatusOr<PreparedBlock> prepared = out.index->PrepareBlock(
+          params_, block.begin, rows_of(out), /*threads=*/1);
+      if (!prepared.ok()) {
+        out.status =
+            Annotate(prepared.status(), absl::StrCat(what, ", kv head ", h));
+        return;
+      }
+      out.prepared.emplace(*std::move(prepared));
+    }
+    const std::vector<uint64_t>& slot_tokens = out.prepared->slot_tokens;
+    std::vector<uint64_t> source(n);
+    for (uint64_t i = 0; i < n; ++i) source[i] = slot_tokens[i] - block.begin;
+    out.segment->Permute(source);
+    std::copy(slot_tokens.begin(), slot_tokens.end(),
+              out.segment->positions());
+  });
   for (const HeadBuild& head : heads) {
     if (!head.status.ok()) return head.status;
   }

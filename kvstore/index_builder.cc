@@ -10,9 +10,10 @@
 namespace wavekv {
 
 IndexBuilder::IndexBuilder(uint32_t num_threads, MemoryBudget& budget,
-                           FailureHook on_failure)
+                           FailureHook on_failure, EngineGpu* gpu)
     : budget_(budget),
       on_failure_(std::move(on_failure)),
+      gpu_(gpu),
       pool_(static_cast<int>(num_threads)) {}
 
 void IndexBuilder::Schedule(std::shared_ptr<Session> session, uint32_t layer) {
@@ -25,7 +26,8 @@ void IndexBuilder::Schedule(std::shared_ptr<Session> session, uint32_t layer) {
 
 void IndexBuilder::Run(Session& session, uint32_t layer) {
   const absl::Time start = absl::Now();
-  const Session::BuildReport report = session.BuildIndex(layer, budget_, pool_);
+  const Session::BuildReport report =
+      session.BuildIndex(layer, budget_, pool_, gpu_);
   build_nanos_.fetch_add(
       static_cast<uint64_t>(absl::ToInt64Nanoseconds(absl::Now() - start)),
       std::memory_order_relaxed);

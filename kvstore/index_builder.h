@@ -18,6 +18,7 @@
 #include <memory>
 
 #include "kvstore/engine.h"
+#include "kvstore/gpu/engine_gpu.h"
 #include "kvstore/memory_budget.h"
 #include "kvstore/session.h"
 #include "kvstore/thread_pool.h"
@@ -29,9 +30,10 @@ class IndexBuilder {
   using FailureHook = std::function<void(const IndexBuildFailure&)>;
 
   // `num_threads` workers (0 = build inline in Schedule). `on_failure` may
-  // be empty (failures are then logged to stderr).
+  // be empty (failures are then logged to stderr). `gpu`, when set, clusters
+  // the blocks (Session::BuildIndex); it outlives the builder.
   IndexBuilder(uint32_t num_threads, MemoryBudget& budget,
-               FailureHook on_failure);
+               FailureHook on_failure, EngineGpu* gpu = nullptr);
 
   IndexBuilder(const IndexBuilder&) = delete;
   IndexBuilder& operator=(const IndexBuilder&) = delete;
@@ -47,6 +49,7 @@ class IndexBuilder {
 
   MemoryBudget& budget_;
   const FailureHook on_failure_;
+  EngineGpu* const gpu_;
   std::atomic<uint64_t> blocks_{0};
   std::atomic<uint64_t> failures_{0};
   std::atomic<uint64_t> build_nanos_{0};

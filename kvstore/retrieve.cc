@@ -18,6 +18,7 @@
 #include "index/wave_index_params.h"
 #include "kvstore/engine_impl.h"
 #include "kvstore/head_answer.h"
+#include "kvstore/wave_gpu.h"
 
 namespace wavekv {
 
@@ -150,9 +151,14 @@ absl::StatusOr<std::vector<SessionResult>> EngineImpl::AnswerLocked(
     }
   }
 
-  // WAVE: rank clusters and compute tails, per (session, kv head).
+  // WAVE: rank clusters and compute tails, per (session, kv head): on the
+  // GPU backend when the engine has one (wave_gpu.cc); on the CPU without
+  // one, or when a GPU call fails (counted in EngineStats).
   std::vector<absl::Status> statuses(wave_heads.size());
-  retrieve_pool_.ParallelFor(wave_heads.size(), [&](size_t t) {
+  const bool on_gpu =
+      gpu_ != nullptr && !wave_heads.empty() &&
+      PlanWaveHeadsOnGpu(*gpu_, queries, sessions, views, wave_heads, results);
+  retrieve_pool_.ParallelFor(on_gpu ? 0 : wave_heads.size(), [&](size_t t) {
     const auto [i, h] = wave_heads[t];
     const ModelShape& shape = sessions[i]->shape();
     const size_t g = shape.group_size();

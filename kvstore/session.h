@@ -63,6 +63,8 @@
 
 namespace wavekv {
 
+class EngineGpu;  // kvstore/gpu/engine_gpu.h
+
 // The NotFound status for a session that does not exist, is closed, or is
 // another tenant's: one message for all three, so ids cannot be probed.
 // `field` is the request field holding the id, e.g. "queries[2].session_id".
@@ -161,8 +163,10 @@ class Session {
   // thread takes part; a pool without threads builds them in turn).
   // REQUIRES: `layer` was returned by Append in index_layers and no other
   // BuildIndex of it runs.
+  // With `gpu`, each block's kv heads are clustered on the GPU in one batch
+  // (the CPU redoes a block whose GPU call fails; EngineGpu counts it).
   BuildReport BuildIndex(uint32_t layer, MemoryBudget& budget,
-                         ThreadPool& pool);
+                         ThreadPool& pool, EngineGpu* gpu = nullptr);
 
   // Holds one layer's reader lock while alive (RAII); view() is valid
   // meanwhile. Move-only; must be destroyed on the thread that made it.
@@ -240,7 +244,8 @@ class Session {
   // One block of BuildIndex: true if it was installed, false if the
   // session was closed meanwhile.
   absl::StatusOr<bool> BuildBlock(uint32_t layer_index, TokenSpan block,
-                                  MemoryBudget& budget, ThreadPool& pool);
+                                  MemoryBudget& budget, ThreadPool& pool,
+                                  EngineGpu* gpu);
   std::vector<uint64_t> LayerTokens() const;
 
   const std::string id_;

@@ -27,6 +27,7 @@ std::unique_ptr<Engine> OpenEngine(uint32_t index_threads) {
   o.index_threads = index_threads;
   o.retrieve_threads = 2;
   o.max_inline_kv_bytes = 256ull << 20;
+  UseTestBackend(o);
   auto engine = Engine::Open(o);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return *std::move(engine);

@@ -37,6 +37,7 @@ std::unique_ptr<Engine> OpenEngine(
   o.retrieve_threads = 2;
   o.max_inline_kv_bytes = 256ull << 20;
   o.on_index_build_failure = std::move(on_failure);
+  UseTestBackend(o);
   auto engine = Engine::Open(o);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return *std::move(engine);

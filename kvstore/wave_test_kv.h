@@ -87,6 +87,16 @@ absl::StatusOr<std::vector<float>> ClientOutput(
     const SessionResult& result, absl::Span<const float> query,
     bool use_tail = true);
 
+// The backend the engine tests run on: the GPU (device 0) in the *_gpu
+// test binaries, built with WAVEKV_TEST_GPU; the CPU otherwise.
+inline void UseTestBackend(EngineOptions& options) {
+#ifdef WAVEKV_TEST_GPU
+  options.gpu_device = 0;
+#else
+  options.gpu_device = kGpuOff;
+#endif
+}
+
 // ||a - b|| / ||b||.
 double RelativeL2(absl::Span<const float> a, absl::Span<const float> b);
 

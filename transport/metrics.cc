@@ -96,7 +96,10 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry)
                                       "wavekv_index_build_seconds_total",
                                       "Seconds spent building wave indexes.")),
       up_(AddGauge(registry, "wavekv_up",
-                   "1 while the server accepts RPCs, 0 while draining.")) {
+                   "1 while the server accepts RPCs, 0 while draining.")),
+      gpu_enabled_(AddGauge(registry, "wavekv_gpu_enabled",
+                            "1 when the engine runs index builds and WAVE "
+                            "planning on a GPU (--gpu), 0 on the CPU.")) {
   auto& latency = prometheus::BuildHistogram()
                       .Name("wavekv_rpc_latency_seconds")
                       .Help(
@@ -160,6 +163,7 @@ void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   tokens_.Set(static_cast<double>(stats.tokens));
   indexed_tokens_.Set(static_cast<double>(stats.indexed_tokens));
   index_pending_layers_.Set(static_cast<double>(stats.index_pending_layers));
+  gpu_enabled_.Set(stats.gpu_device >= 0 ? 1.0 : 0.0);
   absl::MutexLock lock(&engine_counters_mu_);
   FollowTotal(index_builds_, static_cast<double>(stats.index_builds));
   FollowTotal(index_build_failures_,

@@ -12,6 +12,7 @@
 //   wavekv_index_builds_total, wavekv_index_build_failures_total,
 //   wavekv_index_build_seconds_total            counters from Engine::Stats()
 //   wavekv_up                                   gauge, 1 while serving
+//   wavekv_gpu_enabled                          gauge, 1 on the GPU backend
 //
 // Engine gauges are refreshed at scrape time: expose a
 // RefreshingCollectable (which calls SetEngineStats before collecting)
@@ -107,6 +108,7 @@ class ServerMetrics {
   prometheus::Counter& index_build_seconds_
       ABSL_GUARDED_BY(engine_counters_mu_);
   prometheus::Gauge& up_;
+  prometheus::Gauge& gpu_enabled_;
 };
 
 // A Collectable that runs `refresh` (e.g. copying Engine::Stats() into the

@@ -36,6 +36,14 @@ absl::StatusOr<std::unique_ptr<WaveKvServer>> WaveKvServer::Start(
 
   ASSIGN_OR_RETURN(server->data_dir_, DataDir::Open(options.data_dir));
   ASSIGN_OR_RETURN(server->engine_, Engine::Open(options.ToEngineOptions()));
+  {
+    // What --gpu resolved to: index builds and WAVE planning on this
+    // device, or on the CPU (device -1).
+    const int32_t device = server->engine_->Stats().gpu_device;
+    log.Info("gpu", {{"option", options.gpu},
+                     {"enabled", device >= 0},
+                     {"device", static_cast<int64_t>(device)}});
+  }
   if (options.tokens_file.empty()) {
     server->auth_ = Authenticator::Disabled();
   } else {

@@ -54,6 +54,9 @@ ABSL_FLAG(wavekv::ByteSize, max_inline_kv_bytes,
           "Retrieve include_kv limit in bytes");
 ABSL_FLAG(uint32_t, max_batch_sessions, kDefaults.max_batch_sessions,
           "sessions per Retrieve call");
+ABSL_FLAG(std::string, gpu, kDefaults.gpu,
+          "engine GPU backend: off, auto (device 0 if built with CUDA and a "
+          "GPU is usable) or a device number");
 ABSL_FLAG(std::string, tokens_file, "",
           "`<token> <tenant> [max_sessions=N] [max_bytes=SIZE] "
           "[max_tokens=N]` lines, re-read on change; empty disables "
@@ -85,6 +88,7 @@ const absl::flat_hash_set<std::string>& ConfigNames() {
       "max_message_bytes",
       "max_inline_kv_bytes",
       "max_batch_sessions",
+      "gpu",
       "tokens_file",
       "tls_cert",
       "tls_key",
@@ -112,6 +116,7 @@ ServerOptions OptionsFromFlags() {
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes).bytes;
   o.max_inline_kv_bytes = absl::GetFlag(FLAGS_max_inline_kv_bytes).bytes;
   o.max_batch_sessions = absl::GetFlag(FLAGS_max_batch_sessions);
+  o.gpu = absl::GetFlag(FLAGS_gpu);
   o.drain_timeout_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
   return o;
 }
@@ -210,6 +215,7 @@ int Run(int argc, char** argv) {
             {"max_message_bytes", options.max_message_bytes},
             {"max_inline_kv_bytes", options.max_inline_kv_bytes},
             {"max_batch_sessions", options.max_batch_sessions},
+            {"gpu", options.gpu},
             {"tokens_file", options.tokens_file},
             {"auth", !options.tokens_file.empty()},
             {"tls_cert", options.tls_cert},

@@ -48,6 +48,14 @@ absl::Status ValidateHostPort(absl::string_view field,
   return absl::OkStatus();
 }
 
+int32_t GpuDeviceOption(absl::string_view gpu) {
+  if (gpu == "off") return kGpuOff;
+  if (gpu == "auto") return kGpuAuto;
+  int32_t device = 0;
+  if (!absl::SimpleAtoi(gpu, &device) || device < 0) return -3;
+  return device;
+}
+
 absl::Status ServerOptions::Validate() const {
   RETURN_IF_ERROR(ValidateHostPort("listen", listen));
   if (!metrics_listen.empty()) {
@@ -80,6 +88,10 @@ absl::Status ServerOptions::Validate() const {
                      " is out of range 0..", kMaxDrainTimeoutMs));
   }
   RETURN_IF_ERROR(ToTlsFiles().Validate());
+  if (GpuDeviceOption(gpu) < kGpuAuto) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gpu: \"", gpu, "\" is not off, auto or a device number"));
+  }
   return ToEngineOptions().Validate();
 }
 
@@ -99,6 +111,7 @@ EngineOptions ServerOptions::ToEngineOptions() const {
   options.max_tokens_per_session = max_tokens_per_session;
   options.max_inline_kv_bytes = max_inline_kv_bytes;
   options.max_batch_sessions = max_batch_sessions;
+  options.gpu_device = GpuDeviceOption(gpu);
   return options;
 }
 

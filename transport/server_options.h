@@ -48,12 +48,20 @@ struct ServerOptions {
   // On SIGTERM/SIGINT, how long in-flight RPCs may run before they are
   // cancelled. 0 .. 3600000.
   int64_t drain_timeout_ms = 10000;
+  // The engine's GPU backend (--gpu): "off", "auto" (device 0 when the
+  // binary has CUDA and a GPU is usable, the CPU otherwise) or a device
+  // number (Start fails if it cannot be used).
+  std::string gpu = "auto";
 
   // InvalidArgument naming the flag and the value; never clamps.
   absl::Status Validate() const;
   EngineOptions ToEngineOptions() const;
   ServerTlsFiles ToTlsFiles() const;
 };
+
+// EngineOptions::gpu_device for a --gpu value: -1 for "off", -2 for
+// "auto", N for a device number, -3 for anything else (Validate rejects it).
+int32_t GpuDeviceOption(absl::string_view gpu);
 
 // Checks "HOST:PORT" (HOST may be a name, IPv4, or [IPv6]; PORT 0..65535).
 // InvalidArgument "FIELD: ..." otherwise.
