@@ -1,5 +1,5 @@
 // Writes the seed corpora of the fuzz targets from valid messages:
-//   make_seeds OUT_DIR   ->  OUT_DIR/request/*, OUT_DIR/wave_index/*
+//   make_seeds OUT_DIR   ->  OUT_DIR/{request,wave_index,record}/*
 // The committed corpora under fuzz/corpus/ are its output
 // (`bazel run //fuzz:make_seeds -- $PWD/fuzz/corpus`). Deterministic: the
 // same bytes on every run.
@@ -18,6 +18,8 @@
 #include "index/dtype.h"
 #include "index/wave_index.h"
 #include "index/wave_index_codec.h"
+#include "kvstore/storage/record.h"
+#include "kvstore/storage/session_records.h"
 #include "proto/wavekv/v1/wavekv.pb.h"
 
 namespace wavekv::fuzz {
@@ -247,6 +249,61 @@ std::vector<std::pair<std::string, std::string>> WaveIndexSeeds() {
   return seeds;
 }
 
+// record_fuzzer inputs: mode byte 0 + a whole record, or mode 1..3 + three
+// parameter bytes + a payload (see record_fuzzer.cc).
+std::vector<std::pair<std::string, std::string>> RecordSeeds() {
+  std::vector<std::pair<std::string, std::string>> seeds;
+  SessionMeta meta;
+  meta.session_id = "0123456789abcdef0123456789abcdef";
+  meta.tenant = "alice";
+  meta.options.shape = ModelShape{2, 4, 2, 16, DType::kFp16};
+  meta.options.label = "fuzz seed";
+  meta.max_tokens = 4096;
+  meta.created_unix_ms = 1700000000000;
+  const std::string meta_payload = EncodeSessionMeta(meta);
+
+  // Two tokens of a layer with token_bytes = 2 kv heads * 16 * 2 bytes.
+  const uint64_t token_bytes = 64;
+  std::string keys(2 * token_bytes, '\x11'), values(2 * token_bytes, '\x22');
+  const std::string chunk_payload =
+      EncodeKvChunk(KvChunkView{1, 40, 2, keys, values});
+
+  WaveIndexParams params;
+  params.segment_tokens = 64;
+  params.cluster_size = 4;
+  params.update_tokens = 16;
+  Values v(3);
+  std::vector<float> k(16 * 24), val(16 * 24);
+  for (float& x : k) x = v.Next();
+  for (float& x : val) x = v.Next();
+  KvRows rows{DType::kFp32,
+              16,
+              24,
+              reinterpret_cast<const uint8_t*>(k.data()),
+              reinterpret_cast<const uint8_t*>(val.data()),
+              0};
+  WaveIndex head0(16), head1(16);
+  if (!head0.AddBlock(params, 4, rows).ok()) std::exit(1);
+  const std::string index_payload = EncodeLayerIndex(2, {&head0, &head1});
+
+  const std::string p0("\0", 1);
+  seeds.push_back({"raw_named_value",
+                   p0 + EncodeRecord(RecordKind::kNamedValue, "server")});
+  seeds.push_back({"raw_session_meta",
+                   p0 + EncodeRecord(RecordKind::kSessionMeta, meta_payload)});
+  seeds.push_back(
+      {"raw_kv_chunk", p0 + EncodeRecord(RecordKind::kKvChunk, chunk_payload)});
+  seeds.push_back(
+      {"payload_session_meta", std::string("\x01\0\0\0", 4) + meta_payload});
+  // token_bytes = 1 + 63.
+  seeds.push_back(
+      {"payload_kv_chunk", std::string("\x02\x3f\0\0", 4) + chunk_payload});
+  // layer 2, 2 kv heads, head_dim 8 << 1.
+  seeds.push_back({"payload_layer_index",
+                   std::string("\x03\x02\x01\x01", 4) + index_payload});
+  return seeds;
+}
+
 void Write(const std::filesystem::path& path, const std::string& bytes) {
   std::filesystem::create_directories(path.parent_path());
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -274,6 +331,10 @@ int main(int argc, char** argv) {
   }
   for (const auto& [name, bytes] : WaveIndexSeeds()) {
     Write(out / "wave_index" / name, bytes);
+    ++files;
+  }
+  for (const auto& [name, bytes] : RecordSeeds()) {
+    Write(out / "record" / name, bytes);
     ++files;
   }
   std::printf("make_seeds: wrote %d files under %s\n", files, argv[1]);
