@@ -35,7 +35,8 @@ __device__ __forceinline__ float WarpSum(float v) {
 }
 
 template <typename T, int D, int G>
-__global__ void __launch_bounds__(kThreads) LogitsKernel(RetrievalArgs a) {
+__global__ void __launch_bounds__(kThreads, G <= 4 ? 3 : 2)
+    LogitsKernel(RetrievalArgs a) {
   constexpr int kLanes = D / 8;  // threads per centroid row
   constexpr int kRowsPerStep = kThreads / kLanes;
   constexpr int kSteps = kLogitTile / kRowsPerStep;
@@ -64,6 +65,11 @@ __global__ void __launch_bounds__(kThreads) LogitsKernel(RetrievalArgs a) {
   __shared__ float s_l[G][kLogitTile];
   const char* base =
       static_cast<const char*>(p.centroids) + lane * 8 * sizeof(T);
+  // After the reduction below, lane `lane` of a row holds the full logit of
+  // head (lane / kHeadLanes) and the row's first lane of each head writes it.
+  constexpr int kHeadLanes = kLanes / G;
+  const int my_head = lane / kHeadLanes;
+  const bool writer = lane % kHeadLanes == 0;
   // Every thread runs every step: the shuffles need the whole warp.
   for (int step = 0; step < kSteps; step += kUnroll) {
     float c[kUnroll][8];
@@ -74,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) LogitsKernel(RetrievalArgs a) {
       live[u] = cl < k;
       if (live[u]) {
         Load8<T>::Run(base + static_cast<size_t>(cl) * D * sizeof(T), c[u]);
-        if (lane == 0 && p.sizes[cl] == 0) live[u] = false;
+        if (writer && p.sizes[cl] == 0) live[u] = false;
       } else {
 #pragma unroll
         for (int i = 0; i < 8; ++i) c[u][i] = 0.f;
@@ -82,17 +88,34 @@ __global__ void __launch_bounds__(kThreads) LogitsKernel(RetrievalArgs a) {
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int slot = (step + u) * kRowsPerStep + row;
+      float v[G];
 #pragma unroll
       for (int h = 0; h < G; ++h) {
-        if (h >= group) break;  // uniform across the block
         float s = 0.f;
 #pragma unroll
         for (int i = 0; i < 8; ++i) s = fmaf(q[h][i], c[u][i], s);
+        v[h] = s;
+      }
+      // Reduce-scatter over the row's lanes: each round halves the heads a
+      // lane carries (the upper lane of a pair keeps the upper half), so
+      // log2(G) rounds cost G - 1 shuffles instead of G * log2(G); then a
+      // plain butterfly over the kHeadLanes lanes of each head.
 #pragma unroll
-        for (int off = kLanes / 2; off > 0; off /= 2)
-          s += __shfl_xor_sync(0xffffffffu, s, off, kLanes);
-        if (lane == 0) s_l[h][slot] = live[u] ? s : -INFINITY;
+      for (int width = G, off = kLanes / 2; width > 1; width /= 2, off /= 2) {
+        const bool upper = (lane & off) != 0;
+#pragma unroll
+        for (int i = 0; i < width / 2; ++i) {
+          const float send = upper ? v[i] : v[i + width / 2];
+          const float keep = upper ? v[i + width / 2] : v[i];
+          v[i] = keep + __shfl_xor_sync(0xffffffffu, send, off, kLanes);
+        }
+      }
+#pragma unroll
+      for (int off = kHeadLanes / 2; off > 0; off /= 2)
+        v[0] += __shfl_xor_sync(0xffffffffu, v[0], off, kLanes);
+      if (writer) {
+        s_l[my_head][(step + u) * kRowsPerStep + row] =
+            live[u] ? v[0] : -INFINITY;
       }
     }
   }
