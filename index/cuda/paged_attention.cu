@@ -103,6 +103,7 @@ struct Cursor {
   int64_t first;
   int64_t end;  // first + num_tokens
   int slot_list;
+  int stage;
   const char* keys;
   const char* values;
 
@@ -111,6 +112,7 @@ struct Cursor {
     first = pg.first_token;
     end = first + pg.num_tokens;
     slot_list = pg.slot_list;
+    stage = pg.stage;
     keys = static_cast<const char*>(pg.keys);
     values = static_cast<const char*>(pg.values);
   }
@@ -174,11 +176,18 @@ __global__ void __launch_bounds__(kThreads)
   const int copy_off = (tid % S::kChunksPerTok) * 16;
   if (begin < end) cur.Seek(pages, row_begin, begin + copy_tok);
 
-  auto issue = [&](int tile, int stage) {
-    char* sk = smem + stage * 2 * kTileBytes;
+  // Bit (buf * kPasses + pass): this thread's chunk of that pass of the
+  // tile in buffer `buf` goes to the staging area too.
+  unsigned stage_mask = 0;
+  char* const stage_base = static_cast<char*>(a.stage);
+  const bool staging = stage_base != nullptr;
+
+  auto issue = [&](int tile, int buf) {
+    char* sk = smem + buf * 2 * kTileBytes;
     char* sv = sk + kTileBytes;
     const int64_t tile_start =
         begin + static_cast<int64_t>(tile) * S::kTileTokens;
+    stage_mask &= ~(((1u << S::kPasses) - 1) << (buf * S::kPasses));
 #pragma unroll
     for (int pass = 0; pass < S::kPasses; ++pass) {
       const int tt = pass * S::kTokPerPass + copy_tok;
@@ -198,6 +207,9 @@ __global__ void __launch_bounds__(kThreads)
         } else {
           kp = cur.keys + local * S::kRowBytes;
           vp = cur.values + local * S::kRowBytes;
+          if (staging && cur.stage && tok < a.stage_row_tokens) {
+            stage_mask |= 1u << (buf * S::kPasses + pass);
+          }
         }
         CpAsync16(dk, kp + copy_off);
         CpAsync16(dv, vp + copy_off);
@@ -207,6 +219,31 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     CpAsyncCommit();
+  };
+
+  // Copies this thread's staged chunks of the tile in buffer `buf` (already
+  // landed in shared memory) to the staging area.
+  auto stage_out = [&](int tile, int buf) {
+    const unsigned m = stage_mask >> (buf * S::kPasses);
+    if ((m & ((1u << S::kPasses) - 1)) == 0) return;
+    const char* sk = smem + buf * 2 * kTileBytes;
+    const char* sv = sk + kTileBytes;
+    const int64_t tile_start =
+        begin + static_cast<int64_t>(tile) * S::kTileTokens;
+    for (int pass = 0; pass < S::kPasses; ++pass) {
+      if (!(m & (1u << pass))) continue;
+      const int tt = pass * S::kTokPerPass + copy_tok;
+      const int64_t t = tile_start + tt;
+      char* gk = stage_base +
+                 ((2 * static_cast<int64_t>(row)) * a.stage_row_tokens + t) *
+                     S::kRowBytes +
+                 copy_off;
+      char* gv = gk + a.stage_row_tokens * S::kRowBytes;
+      *reinterpret_cast<uint4*>(gk) =
+          *reinterpret_cast<const uint4*>(sk + tt * S::kRowBytes + copy_off);
+      *reinterpret_cast<uint4*>(gv) =
+          *reinterpret_cast<const uint4*>(sv + tt * S::kRowBytes + copy_off);
+    }
   };
 
   const int lane = tid % S::kLanes;
@@ -237,6 +274,7 @@ __global__ void __launch_bounds__(kThreads)
       CpAsyncWait<0>();
     }
     __syncthreads();
+    if (staging) stage_out(tile, tile % kStages);
     const char* sk = smem + (tile % kStages) * 2 * kTileBytes;
     const char* sv = sk + kTileBytes;
     const int64_t tile_start =
@@ -510,6 +548,7 @@ __global__ void __launch_bounds__(kPagesThreads)
         pg.values = k + n * row_bytes;
         pg.slot_list =
             a.cluster_slot_list != nullptr ? a.cluster_slot_list[rc] : -1;
+        pg.stage = a.stage_misses && pg.slot_list < 0 ? 1 : 0;
         atomicAdd(&s_lookups, 1u);
         if (pg.slot_list >= 0) atomicAdd(&s_hits, 1u);
       }

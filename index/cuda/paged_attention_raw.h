@@ -30,7 +30,10 @@ struct KvPage {
   // >= 0: the run lives in the wave buffer: token i is in slot
   // slot_ids[slot_list + i / kSlotTokens] at position i % kSlotTokens.
   int32_t slot_list = -1;
-  int32_t reserved = 0;
+  // 1: also copy this run's tokens to the staging area (see
+  // PagedAttentionArgs::stage), so the wave buffer can admit them from
+  // device memory instead of reading the host a second time.
+  int32_t stage = 0;
 };
 
 // Exact attention of each q head over the tokens of its row's pages, split-K
@@ -51,6 +54,13 @@ struct PagedAttentionArgs {
   // Wave-buffer slots (only read for pages with slot_list >= 0).
   const void* slot_pool = nullptr;
   const int32_t* slot_ids = nullptr;
+  // Optional staging area for pages with stage == 1: row r's token t (its
+  // position in the row) is copied to keys at
+  // stage + ((2 * r) * stage_row_tokens + t) * head_dim elements and values
+  // at stage + ((2 * r + 1) * stage_row_tokens + t) * head_dim. Tokens at
+  // t >= stage_row_tokens are not staged.
+  void* stage = nullptr;
+  int64_t stage_row_tokens = 0;
   // Expected tokens per row (upper estimate), used only to pick the split
   // count when num_splits == 0.
   int64_t tokens_hint = 0;
@@ -98,6 +108,8 @@ struct ClusterPagesArgs {
   // those of them resident in the wave buffer.
   unsigned long long* lookups = nullptr;
   unsigned long long* hits = nullptr;
+  // Mark pages of non-resident clusters for staging (KvPage::stage).
+  bool stage_misses = false;
 };
 
 // Raw launchers; return a cudaError_t value (0 = ok).

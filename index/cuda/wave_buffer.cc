@@ -1,7 +1,9 @@
 #include "index/cuda/wave_buffer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -35,6 +37,10 @@ absl::Status WaveBufferOptions::Validate() const {
   if (steady_capacity_tokens < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "steady_capacity_tokens: ", steady_capacity_tokens, " must be >= 0"));
+  }
+  if (update_threads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("update_threads: ", update_threads, " must be >= 1"));
   }
   if (max_selected <= 0) {
     return absl::InvalidArgumentError(
@@ -128,6 +134,17 @@ absl::Status WaveBuffer::Init() {
     return s;
   }
   if (absl::Status s = alloc(rows * 4, &steady_tokens_); !s.ok()) return s;
+  if (options_.stage_misses) {
+    int32_t max_size = 0;
+    for (int32_t x : layout_.cluster_sizes) max_size = std::max(max_size, x);
+    stage_row_tokens_ = options_.steady_capacity_tokens +
+                        int64_t{options_.max_selected} * max_size;
+    if (absl::Status s =
+            alloc(2 * rows * stage_row_tokens_ * row_bytes_, &stage_);
+        !s.ok()) {
+      return s;
+    }
+  }
 
   WB_CUDA(cudaMemset(slot_ids_.get(), 0xFF, lru_.slot_table_size() * 4),
           "cudaMemset");
@@ -198,11 +215,14 @@ void WaveBuffer::FillPagesArgs(ClusterPagesArgs* a) const {
   a->steady_keys = static_cast<const void* const*>(steady_keys_.get());
   a->steady_values = static_cast<const void* const*>(steady_values_.get());
   a->steady_tokens = static_cast<const int32_t*>(steady_tokens_.get());
+  a->stage_misses = stage_ != nullptr;
 }
 
 void WaveBuffer::FillAttentionArgs(PagedAttentionArgs* a) const {
   a->slot_pool = pool_.get();
   a->slot_ids = static_cast<const int32_t*>(slot_ids_.get());
+  a->stage = stage_.get();
+  a->stage_row_tokens = stage_row_tokens_;
 }
 
 absl::Status WaveBuffer::LoadSteady(int row, const void* keys,
@@ -259,43 +279,82 @@ absl::Status WaveBuffer::Update() {
   // The staging buffers are reused: the previous admission must be done
   // (it is, when the caller waited for it before this step's attention).
   WB_CUDA(cudaEventSynchronize(admitted_), "cudaEventSynchronize");
-  const int64_t n_ids = int64_t{layout_.num_rows} * options_.max_selected;
-  lru_.Step(
-      absl::MakeConstSpan(static_cast<const int32_t*>(host_ids_.get()), n_ids),
-      options_.max_selected, &plan_);
-  if (plan_.copies.size() > max_copies_ ||
-      plan_.slot_id_writes.size() + plan_.slot_list_writes.size() >
-          max_writes_) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rows = layout_.num_rows;
+  const int64_t n_ids = int64_t{rows} * options_.max_selected;
+  const auto ids =
+      absl::MakeConstSpan(static_cast<const int32_t*>(host_ids_.get()), n_ids);
+  const auto first = absl::MakeConstSpan(steady_tokens_host_);
+  // Rows are independent: split them over threads when there are many.
+  const int threads = std::clamp(rows / 16, 1, options_.update_threads);
+  plans_.resize(threads);
+  std::vector<WaveBufferStats> deltas(threads);
+  lru_.BeginStep();
+  auto work = [&](int t) {
+    plans_[t].Clear();
+    lru_.StepRows(ids, options_.max_selected, first, rows * t / threads,
+                  rows * (t + 1) / threads, &plans_[t], &deltas[t]);
+  };
+  {
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+    work(0);
+    for (std::thread& th : pool) th.join();
+  }
+  size_t n_copies = 0, n_writes = 0;
+  for (int t = 0; t < threads; ++t) {
+    lru_.AddStats(deltas[t]);
+    n_copies += plans_[t].copies.size();
+    n_writes +=
+        plans_[t].slot_id_writes.size() + plans_[t].slot_list_writes.size();
+  }
+  if (n_copies > max_copies_ || n_writes > max_writes_) {
     return absl::InternalError("wave buffer: admission plan exceeds staging");
   }
   SlotCopy* copies = static_cast<SlotCopy*>(host_copies_.get());
   const int nc = layout_.num_clusters;
   const size_t slot_bytes = 2 * kSlotTokens * row_bytes_;
   const size_t elem = ElemBytes(layout_.dtype);
-  for (size_t i = 0; i < plan_.copies.size(); ++i) {
-    const WaveBufferPlan::Copy& c = plan_.copies[i];
-    const int64_t k = int64_t{c.row} * nc + c.cluster;
-    const int32_t size = layout_.cluster_sizes[k];
-    const char* base = static_cast<const char*>(layout_.row_store[c.row]) +
-                       layout_.cluster_offsets[k] * elem;
-    const int first = c.piece * kSlotTokens;
-    SlotCopy& out = copies[i];
-    out.src_keys = base + first * row_bytes_;
-    out.src_values = base + (size_t(size) + first) * row_bytes_;
-    out.dst = static_cast<char*>(pool_.get()) + size_t(c.slot) * slot_bytes;
-    out.num_tokens = std::min(kSlotTokens, size - first);
+  size_t i = 0;
+  for (const WaveBufferPlan& plan : plans_) {
+    for (const WaveBufferPlan::Copy& c : plan.copies) {
+      const int64_t k = int64_t{c.row} * nc + c.cluster;
+      const int32_t size = layout_.cluster_sizes[k];
+      const int first_tok = c.piece * kSlotTokens;
+      SlotCopy& out = copies[i++];
+      out.num_tokens = std::min(kSlotTokens, size - first_tok);
+      out.dst = static_cast<char*>(pool_.get()) + size_t(c.slot) * slot_bytes;
+      if (stage_ != nullptr && c.first_token >= 0 &&
+          c.first_token + out.num_tokens <= stage_row_tokens_) {
+        // From the copy the attention kernel staged in device memory.
+        const char* sk =
+            static_cast<const char*>(stage_.get()) +
+            (2 * int64_t{c.row} * stage_row_tokens_ + c.first_token) *
+                row_bytes_;
+        out.src_keys = sk;
+        out.src_values = sk + stage_row_tokens_ * row_bytes_;
+      } else {
+        const char* base = static_cast<const char*>(layout_.row_store[c.row]) +
+                           layout_.cluster_offsets[k] * elem;
+        out.src_keys = base + first_tok * row_bytes_;
+        out.src_values = base + (size_t(size) + first_tok) * row_bytes_;
+      }
+    }
   }
   SlotTableWrite* writes = static_cast<SlotTableWrite*>(host_writes_.get());
   size_t w = 0;
-  for (const auto& x : plan_.slot_id_writes)
-    writes[w++] = {x.index, x.value, 0};
-  for (const auto& x : plan_.slot_list_writes) {
-    writes[w++] = {x.index, x.value, 1};
+  for (const WaveBufferPlan& plan : plans_) {
+    for (const auto& x : plan.slot_id_writes) {
+      writes[w++] = {x.index, x.value, 0};
+    }
+    for (const auto& x : plan.slot_list_writes) {
+      writes[w++] = {x.index, x.value, 1};
+    }
   }
   AdmitArgs a;
   a.row_bytes = static_cast<int>(row_bytes_);
   a.copies = copies;
-  a.num_copies = static_cast<int>(plan_.copies.size());
+  a.num_copies = static_cast<int>(n_copies);
   a.writes = writes;
   a.num_writes = static_cast<int>(w);
   a.slot_ids = static_cast<int32_t*>(slot_ids_.get());
@@ -303,6 +362,9 @@ absl::Status WaveBuffer::Update() {
   WB_CUDA(static_cast<cudaError_t>(LaunchAdmitRaw(a, copy_stream_)),
           "wave buffer admission launch");
   WB_CUDA(cudaEventRecord(admitted_, copy_stream_), "cudaEventRecord");
+  bookkeeping_seconds_ +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
   return absl::OkStatus();
 }
 

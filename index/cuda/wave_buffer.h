@@ -19,10 +19,12 @@
 // Resident clusters are read from the slots; every other selected cluster
 // is read by the attention kernel straight from pinned host memory in the
 // same launch (zero-copy), and Update copies it into the buffer on the
-// buffer's own stream for later steps. So nothing selected is ever dropped;
-// clusters that do not fit are counted (stats().overflow_clusters). Update's
-// CPU work and copies overlap the GPU work enqueued after RecordSelection;
-// call Update before the same buffer's next WaitForAdmissions.
+// buffer's own stream for later steps (from the staging copy the attention
+// kernel made of it, so each miss crosses PCIe once). So nothing selected is
+// ever dropped; clusters that do not fit are counted
+// (stats().overflow_clusters). Update's CPU work and copies overlap the GPU
+// work enqueued after RecordSelection; call Update before the same buffer's
+// next WaitForAdmissions.
 //
 // Not thread-safe: one thread drives a buffer (different buffers, e.g. one
 // per layer, are independent).
@@ -50,6 +52,12 @@ struct WaveBufferOptions {
   int steady_capacity_tokens = 4 + 64 + 1024;
   // Most selected ids per row per step (the width of the selection).
   int max_selected = 0;
+  // Admit missed clusters from a device staging area that the attention
+  // kernel fills as it reads them (one PCIe read per miss); false: the
+  // admission copy reads the host store again.
+  bool stage_misses = true;
+  // Most CPU threads for one Update (one per 16 rows at most).
+  int update_threads = 4;
 
   absl::Status Validate() const;
 };
@@ -105,6 +113,9 @@ class WaveBuffer {
   const WaveBufferStats& stats() const { return lru_.stats(); }
   int slots_per_row() const { return lru_.slots_per_row(); }
   size_t device_bytes() const { return device_bytes_; }
+  // CPU time spent in Update after its waits (LRU bookkeeping, building and
+  // enqueueing the admissions), summed over all Updates.
+  double bookkeeping_seconds() const { return bookkeeping_seconds_; }
 
  private:
   struct DeviceFree {
@@ -124,13 +135,15 @@ class WaveBuffer {
   WaveBufferOptions options_;
   ClusterStoreLayout layout_;
   WaveBufferLru lru_;
-  WaveBufferPlan plan_;
-  size_t row_bytes_ = 0;  // bytes of one token's keys (or values)
+  std::vector<WaveBufferPlan> plans_;  // one per Update thread
+  size_t row_bytes_ = 0;               // bytes of one token's keys (or values)
   size_t device_bytes_ = 0;
 
   // Device state.
   DevicePtr pool_, slot_ids_, slot_list_, sizes_, offsets_, row_store_;
   DevicePtr steady_, steady_keys_, steady_values_, steady_tokens_;
+  DevicePtr stage_;  // [rows][2][stage_row_tokens_][head_dim], or null
+  int64_t stage_row_tokens_ = 0;
   std::vector<int32_t> steady_tokens_host_;
   // Pinned staging: selected ids, admission copies and table writes.
   HostPtr host_ids_, host_copies_, host_writes_;
@@ -138,6 +151,7 @@ class WaveBuffer {
   cudaStream_t copy_stream_ = nullptr;
   cudaEvent_t ids_ready_ = nullptr, admitted_ = nullptr;
   bool selection_pending_ = false;
+  double bookkeeping_seconds_ = 0;
 };
 
 }  // namespace wavekv::cuda

@@ -82,7 +82,8 @@ void WaveBufferLru::PushFront(int row, int cluster) {
   if (tail_[row] < 0) tail_[row] = cluster;
 }
 
-void WaveBufferLru::Evict(int row, int cluster, WaveBufferPlan* plan) {
+void WaveBufferLru::Evict(int row, int cluster, WaveBufferPlan* plan,
+                          WaveBufferStats* stats) {
   Unlink(row, cluster);
   const int64_t k = Key(row, cluster);
   entries_[k].resident = 0;
@@ -92,28 +93,59 @@ void WaveBufferLru::Evict(int row, int cluster, WaveBufferPlan* plan) {
     slot_of_piece_[list + j] = -1;
   }
   plan->slot_list_writes.push_back({k, -1});
-  ++stats_.evicted_clusters;
+  ++stats->evicted_clusters;
 }
 
 void WaveBufferLru::Step(absl::Span<const int32_t> selected, int num_selected,
-                         WaveBufferPlan* plan) {
+                         WaveBufferPlan* plan,
+                         absl::Span<const int32_t> row_first_token) {
   plan->Clear();
+  BeginStep();
+  WaveBufferStats delta;
+  StepRows(selected, num_selected, row_first_token, 0, num_rows_, plan, &delta);
+  AddStats(delta);
+}
+
+void WaveBufferLru::BeginStep() {
   ++step_;
   ++stats_.steps;
+}
+
+void WaveBufferLru::AddStats(const WaveBufferStats& d) {
+  stats_.lookups += d.lookups;
+  stats_.hits += d.hits;
+  stats_.admitted_clusters += d.admitted_clusters;
+  stats_.admitted_slots += d.admitted_slots;
+  stats_.evicted_clusters += d.evicted_clusters;
+  stats_.overflow_clusters += d.overflow_clusters;
+  stats_.uncacheable_clusters += d.uncacheable_clusters;
+}
+
+void WaveBufferLru::StepRows(absl::Span<const int32_t> selected,
+                             int num_selected,
+                             absl::Span<const int32_t> row_first_token,
+                             int row_begin, int row_end, WaveBufferPlan* plan,
+                             WaveBufferStats* stats) {
   std::vector<int32_t> hits, misses;
-  for (int r = 0; r < num_rows_; ++r) {
+  for (int r = row_begin; r < row_end; ++r) {
     hits.clear();
     misses.clear();
     const int32_t* ids = selected.data() + int64_t{r} * num_selected;
+    // Position of each selected cluster in the row this step, as the
+    // page-table build lays it out (ids out of range count 0 tokens).
+    int64_t pos = row_first_token.empty() ? 0 : row_first_token[r];
     for (int i = 0; i < num_selected; ++i) {
       const int32_t c = ids[i];
       if (c < 0 || c >= num_clusters_) continue;
       Entry& e = entries_[Key(r, c)];
+      const int64_t first = pos;
+      pos += e.size;
       if (e.size == 0 || e.stamp == step_) continue;  // empty or duplicate
       e.stamp = step_;
-      ++stats_.lookups;
+      e.step_first = row_first_token.empty() ? -1 : static_cast<int32_t>(first);
+      ++stats->lookups;
       if (e.resident) {
-        ++stats_.hits;
+        ++stats->hits;
         hits.push_back(c);
       } else {
         misses.push_back(c);
@@ -128,30 +160,32 @@ void WaveBufferLru::Step(absl::Span<const int32_t> selected, int num_selected,
       const int64_t k = Key(r, c);
       const int need = Pieces(k);
       if (need > slots_per_row_) {
-        ++stats_.uncacheable_clusters;
+        ++stats->uncacheable_clusters;
         continue;
       }
       while (static_cast<int>(free_[r].size()) < need && tail_[r] >= 0 &&
              entries_[Key(r, tail_[r])].stamp != step_) {
-        Evict(r, tail_[r], plan);
+        Evict(r, tail_[r], plan, stats);
       }
       if (static_cast<int>(free_[r].size()) < need) {
-        ++stats_.overflow_clusters;
+        ++stats->overflow_clusters;
         continue;
       }
       const int64_t list = SlotListIndex(r, c);
+      const int32_t first = entries_[k].step_first;
       for (int j = 0; j < need; ++j) {
         const int32_t slot = free_[r].back();
         free_[r].pop_back();
         slot_of_piece_[list + j] = slot;
-        plan->copies.push_back({r, c, j, slot});
+        plan->copies.push_back(
+            {r, c, j, slot, first < 0 ? -1 : first + j * slot_tokens_});
         plan->slot_id_writes.push_back({list + j, slot});
       }
       plan->slot_list_writes.push_back({k, static_cast<int32_t>(list)});
       entries_[k].resident = 1;
       PushFront(r, c);
-      ++stats_.admitted_clusters;
-      stats_.admitted_slots += need;
+      ++stats->admitted_clusters;
+      stats->admitted_slots += need;
     }
   }
 }

@@ -19,7 +19,7 @@
 // Nothing selected is ever dropped: a cluster that is not resident is read
 // from host memory by the attention kernel (zero-copy) for this step.
 //
-// Not thread-safe: one thread drives an instance.
+// Not thread-safe: one thread drives an instance (StepRows: see there).
 #ifndef WAVEKV_INDEX_CUDA_WAVE_BUFFER_LRU_H_
 #define WAVEKV_INDEX_CUDA_WAVE_BUFFER_LRU_H_
 
@@ -49,6 +49,9 @@ struct WaveBufferPlan {
     int32_t cluster;
     int32_t piece;
     int32_t slot;  // global slot id (row * slots_per_row + i)
+    // Position in the row, this step, of the piece's first token (as laid
+    // out by the page-table build), or -1 if Step got no row_first_token.
+    int32_t first_token;
   };
   struct Write {  // table[index] = value
     int64_t index;
@@ -74,9 +77,21 @@ class WaveBufferLru {
 
   // Bookkeeping for one step: `selected` is [num_rows][num_selected] ranked
   // cluster ids (negative or >= num_clusters: no cluster). Fills `plan`
-  // (cleared first) with the admissions and table writes.
+  // (cleared first) with the admissions and table writes. With
+  // `row_first_token` ([num_rows]: tokens before the selection in each row,
+  // i.e. the steady zone), copies carry their tokens' row positions.
   void Step(absl::Span<const int32_t> selected, int num_selected,
-            WaveBufferPlan* plan);
+            WaveBufferPlan* plan,
+            absl::Span<const int32_t> row_first_token = {});
+
+  // Step in parts, for several threads: BeginStep once, then StepRows over
+  // disjoint row ranges (may run concurrently: rows share no state), each
+  // with its own plan (appended to) and stats, then AddStats with each.
+  void BeginStep();
+  void StepRows(absl::Span<const int32_t> selected, int num_selected,
+                absl::Span<const int32_t> row_first_token, int row_begin,
+                int row_end, WaveBufferPlan* plan, WaveBufferStats* stats);
+  void AddStats(const WaveBufferStats& delta);
 
   // Index in the slot-id table of the first slot id of (row, cluster).
   int64_t SlotListIndex(int row, int cluster) const {
@@ -104,7 +119,8 @@ class WaveBufferLru {
   }
   void Unlink(int row, int cluster);
   void PushFront(int row, int cluster);
-  void Evict(int row, int cluster, WaveBufferPlan* plan);
+  void Evict(int row, int cluster, WaveBufferPlan* plan,
+             WaveBufferStats* stats);
 
   // Per (row, cluster) state, packed so one lookup touches one cache line.
   struct Entry {
@@ -113,6 +129,7 @@ class WaveBufferLru {
     int32_t prev = -1;   // LRU links within the row
     int32_t next = -1;
     int32_t resident = 0;
+    int32_t step_first = -1;  // position in the row at its last selection
   };
 
   int num_rows_ = 0;

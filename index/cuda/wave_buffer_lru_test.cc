@@ -142,6 +142,59 @@ TEST(WaveBufferLru, PlansKeepTablesConsistentUnderRandomSelections) {
   EXPECT_GT(hits, lookups / 3);  // the walk has locality
 }
 
+TEST(WaveBufferLru, CopiesCarryRowPositionsOfThisStep) {
+  // Sizes 20, 8, 12, 3; steady zone of 5 tokens before the selection.
+  auto lru = WaveBufferLru::Create(1, 4, {20, 8, 12, 3}, 20, kSlot);
+  ASSERT_TRUE(lru.ok());
+  WaveBufferPlan plan;
+  const std::vector<int32_t> first = {5};
+  lru->Step({2, -1, 0, 9, 1}, 5, &plan, first);
+  std::map<std::pair<int, int>, int> pos;  // (cluster, piece) -> position
+  for (const auto& c : plan.copies) pos[{c.cluster, c.piece}] = c.first_token;
+  EXPECT_EQ(pos[std::make_pair(2, 0)], 5);
+  EXPECT_EQ(pos[std::make_pair(2, 1)], 5 + kSlot);
+  EXPECT_EQ(pos[std::make_pair(0, 0)], 5 + 12);
+  EXPECT_EQ(pos[std::make_pair(0, 2)], 5 + 12 + 2 * kSlot);
+  EXPECT_EQ(pos[std::make_pair(1, 0)], 5 + 12 + 20);
+  // Without positions the copies say so.
+  lru->Step({3}, 1, &plan);
+  ASSERT_EQ(plan.copies.size(), 1u);
+  EXPECT_EQ(plan.copies[0].first_token, -1);
+}
+
+TEST(WaveBufferLru, StepRowsInPartsEqualsOneStep) {
+  const int rows = 6, clusters = 40, sel = 5;
+  std::mt19937 rng(3);
+  std::vector<int32_t> sizes(rows * clusters);
+  for (int32_t& s : sizes) s = rng() % 25;
+  auto one = WaveBufferLru::Create(rows, clusters, sizes, 8, kSlot);
+  auto parts = WaveBufferLru::Create(rows, clusters, sizes, 8, kSlot);
+  ASSERT_TRUE(one.ok() && parts.ok());
+  WaveBufferPlan plan, p1, p2;
+  for (int step = 0; step < 50; ++step) {
+    std::vector<int32_t> ids(rows * sel);
+    for (int32_t& id : ids) id = rng() % clusters;
+    one->Step(ids, sel, &plan);
+    parts->BeginStep();
+    WaveBufferStats s1, s2;
+    p1.Clear();
+    p2.Clear();
+    parts->StepRows(ids, sel, {}, 0, 2, &p1, &s1);
+    parts->StepRows(ids, sel, {}, 2, rows, &p2, &s2);
+    parts->AddStats(s1);
+    parts->AddStats(s2);
+    EXPECT_EQ(plan.copies.size(), p1.copies.size() + p2.copies.size());
+  }
+  EXPECT_EQ(one->stats().hits, parts->stats().hits);
+  EXPECT_EQ(one->stats().lookups, parts->stats().lookups);
+  EXPECT_EQ(one->stats().evicted_clusters, parts->stats().evicted_clusters);
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < clusters; ++c) {
+      EXPECT_EQ(one->resident(r, c), parts->resident(r, c));
+    }
+  }
+}
+
 TEST(WaveBufferLru, RejectsBadShapes) {
   EXPECT_FALSE(WaveBufferLru::Create(0, 4, {}, 1, kSlot).ok());
   auto s = WaveBufferLru::Create(1, 2, {1}, 1, kSlot);
