@@ -86,6 +86,8 @@ struct Flags {
   std::string modes = "abcde";
   int layers = 4;
   std::vector<double> walks{0.05, 0.2};
+  // Walks also run with the wave buffer admitting from host (no staging).
+  std::vector<double> no_stage_walks;
   int iters = 30;
   double max_host_gib = 34;
 };
@@ -121,6 +123,12 @@ Flags ParseFlags(int argc, char** argv) {
       f.iters = static_cast<int>(ints()[0]);
     } else if (name == "max_host_gib") {
       f.max_host_gib = static_cast<double>(ints()[0]);
+    } else if (name == "no_stage_walks") {
+      for (auto p : absl::StrSplit(value, ',')) {
+        double x;
+        if (!absl::SimpleAtod(p, &x)) std::exit(2);
+        f.no_stage_walks.push_back(x);
+      }
     } else if (name == "walks") {
       f.walks.clear();
       for (auto p : absl::StrSplit(value, ',')) {
@@ -298,7 +306,7 @@ struct WaveLayer {
 // store: [rows][row_elems] fp16 (device or mapped host). buffer_fraction > 0
 // puts the layer behind a wave buffer.
 std::unique_ptr<WaveLayer> MakeWaveLayer(const Layout& l, const void* store,
-                                         double buffer_fraction,
+                                         double buffer_fraction, bool stage,
                                          uint64_t seed) {
   auto w = std::make_unique<WaveLayer>();
   w->layout = &l;
@@ -370,6 +378,7 @@ std::unique_ptr<WaveLayer> MakeWaveLayer(const Layout& l, const void* store,
     cuda::WaveBufferOptions opt;
     opt.buffer_fraction = buffer_fraction;
     opt.max_selected = S;
+    opt.stage_misses = stage;
     auto b = cuda::WaveBuffer::Create(opt, std::move(cl));
     CKS(b.status());
     w->buffer = std::move(*b);
@@ -502,6 +511,7 @@ struct Row {
   int clusters = 0, retrieval = 0;
   struct C {
     double walk, us, hit, cpu_us, book_us, overflow;
+    bool stage;
     Stages stages;
   };
   std::vector<C> c;
@@ -591,7 +601,7 @@ void RunGpuWave(const Flags& f, const Layout& l, Row& row, cudaStream_t s,
   }
   Dev store(bytes);
   CKI(FillNormalHalf(store.get(), bytes / 2, 1.f, 21, s));
-  auto w = MakeWaveLayer(l, store.get(), 0, 100);
+  auto w = MakeWaveLayer(l, store.get(), 0, false, 100);
   EnqueueWave(*w, s);  // warm up (function attributes, first launches)
   CK(cudaStreamSynchronize(s));
   const bool graph = Capture(*w, s);
@@ -624,10 +634,14 @@ void RunHost(const Flags& f, const Layout& l, Row& row, cudaStream_t s,
   const int rows = l.rows, S = l.retrieval;
 
   if (f.modes.find('c') != std::string::npos) {
-    for (double walk : f.walks) {
+    std::vector<std::pair<double, bool>> runs;
+    for (double walk : f.walks) runs.push_back({walk, true});
+    for (double walk : f.no_stage_walks) runs.push_back({walk, false});
+    for (const auto& [walk, stage] : runs) {
       std::vector<std::unique_ptr<WaveLayer>> layers;
       for (int i = 0; i < f.layers; ++i) {
-        layers.push_back(MakeWaveLayer(l, store.get(), 0.05, 200 + 10 * i));
+        layers.push_back(
+            MakeWaveLayer(l, store.get(), 0.05, stage, 200 + 10 * i));
       }
       for (auto& w : layers) {
         CKS(w->buffer->WaitForAdmissions(s));
@@ -691,6 +705,7 @@ void RunHost(const Flags& f, const Layout& l, Row& row, cudaStream_t s,
       }
       Row::C c;
       c.walk = walk;
+      c.stage = stage;
       c.us = 1000.0 * ms / meas;
       c.hit = look > look0 ? double(hits - hits0) / double(look - look0) : 0;
       c.cpu_us = 1e6 * cpu_s / meas;
@@ -874,11 +889,12 @@ int main(int argc, char** argv) {
       char ratio[32] = "-";
       if (r.e > 0) std::snprintf(ratio, sizeof ratio, "%.2fx", r.e / c.us);
       std::printf(
-          "| %lld | %d | %.2f | %.1f | %.3f | %.1f | %.0f, %.0f | %s | %.1f / "
+          "| %lld | %d | %.2f%s | %.1f | %.3f | %.1f | %.0f, %.0f | %s | %.1f "
+          "/ "
           "%.1f / %.1f |\n",
-          (long long)r.context, r.batch, c.walk, c.us, c.hit, c.overflow,
-          c.cpu_us, c.book_us, ratio, c.stages.retrieval, c.stages.pages,
-          c.stages.attention);
+          (long long)r.context, r.batch, c.walk, c.stage ? "" : " (no staging)",
+          c.us, c.hit, c.overflow, c.cpu_us, c.book_us, ratio,
+          c.stages.retrieval, c.stages.pages, c.stages.attention);
     }
   }
   std::printf(
