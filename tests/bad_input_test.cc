@@ -759,6 +759,15 @@ TEST_F(BadInputTest, SessionLookupsRejectUnknownAndForeignSessions) {
                    {StatusCode::NOT_FOUND,
                     {"session_id"},
                     {StatusCode::INVALID_ARGUMENT}});
+    // An id of 1 MiB: the error must still arrive as such (a message that
+    // echoed the whole id would exceed gRPC's metadata limit on the client).
+    grpc::Status huge;
+    ExpectRejected(l.rpc + " id of 1 MiB",
+                   [&] { return huge = l.call(std::string(1 << 20, 'z')); },
+                   {StatusCode::NOT_FOUND,
+                    {"session_id"},
+                    {StatusCode::INVALID_ARGUMENT}});
+    EXPECT_LT(huge.error_message().size(), 4096u) << l.rpc;
   }
   ExpectRejected(
       "GetSession empty id",

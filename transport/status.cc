@@ -3,6 +3,8 @@
 #include <array>
 #include <string>
 
+#include "absl/strings/string_view.h"
+
 namespace wavekv {
 namespace {
 
@@ -33,6 +35,19 @@ WAVEKV_SAME_CODE_(kUnauthenticated, UNAUTHENTICATED);
 
 bool IsCanonical(int code) { return code >= 0 && code <= kMaxCode; }
 
+// `message`, or its first bytes (whole UTF-8 characters) and a note of the
+// full length, so that the result is at most kMaxWireMessageBytes.
+std::string WireMessage(absl::string_view message) {
+  if (message.size() <= kMaxWireMessageBytes) return std::string(message);
+  const std::string note = "... (" + std::to_string(message.size()) + " bytes)";
+  size_t cut = kMaxWireMessageBytes - note.size();
+  // Back up over continuation bytes (10xxxxxx) to a character start.
+  while (cut > 0 && (static_cast<unsigned char>(message[cut]) & 0xC0) == 0x80) {
+    --cut;
+  }
+  return std::string(message.substr(0, cut)) + note;
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
@@ -40,7 +55,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   const int code = static_cast<int>(status.code());
   return grpc::Status(static_cast<grpc::StatusCode>(
                           IsCanonical(code) ? code : grpc::StatusCode::UNKNOWN),
-                      std::string(status.message()));
+                      WireMessage(status.message()));
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {

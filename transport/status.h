@@ -2,8 +2,8 @@
 //
 // The canonical codes of Abseil and gRPC share their numbers (OK = 0 ...
 // UNAUTHENTICATED = 16), so the mapping is one-to-one and the message is
-// carried unchanged. A code outside that range (which neither library
-// produces) maps to UNKNOWN with the message kept.
+// carried unchanged up to kMaxWireMessageBytes. A code outside that range
+// (which neither library produces) maps to UNKNOWN with the message kept.
 //
 // Used by the server (engine results -> wire) and by the client (wire ->
 // absl::Status for callers).
@@ -12,6 +12,7 @@
 #ifndef WAVEKV_TRANSPORT_STATUS_H_
 #define WAVEKV_TRANSPORT_STATUS_H_
 
+#include <cstddef>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -19,7 +20,16 @@
 
 namespace wavekv {
 
-// absl::Status -> grpc::Status with the same code number and message.
+// Longest error message sent on the wire, in bytes. Messages may quote
+// client input (e.g. an unknown session_id); gRPC carries the message in a
+// header whose size the client limits (8 KiB by default), and a longer one
+// would reach the client as RESOURCE_EXHAUSTED "received initial metadata
+// size exceeds limit" instead of the real error.
+inline constexpr size_t kMaxWireMessageBytes = 2048;
+
+// absl::Status -> grpc::Status with the same code number and message. A
+// message longer than kMaxWireMessageBytes is cut (at a UTF-8 character
+// boundary) and ends with "... (N bytes)".
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // grpc::Status -> absl::Status with the same code number and message.
