@@ -321,6 +321,14 @@ TEST_F(BadInputTest, CreateSessionRejectsMalformedRequests) {
        Invalid({"index_options.kmeans_iterations"})},
       {"label of 129 bytes", [](R& r) { r.set_label(std::string(129, 'x')); },
        Invalid({"label"})},
+      // 65 two-byte characters: 130 bytes, though only 65 characters.
+      {"label of 130 bytes of UTF-8",
+       [](R& r) {
+         std::string label;
+         for (int i = 0; i < 65; ++i) label += "\xc3\xa9";
+         r.set_label(label);
+       },
+       Invalid({"label"})},
       {"durability unknown",
        [](R& r) { r.set_durability(static_cast<v1::Durability>(9)); },
        Invalid({"durability"})},
@@ -697,6 +705,20 @@ TEST_F(BadInputTest, FetchClustersRejectsMalformedRequestsBeforeStreaming) {
          bad->set_num_slots(0);
        },
        Invalid({"heads[0].ranges[1]"})},
+      {"range from the last token slot into the cluster slots",
+       [](R& r) {
+         auto* range = r.mutable_heads(0)->mutable_ranges(0);
+         range->set_first_slot((1ull << 48) - 1);
+         range->set_num_slots(2);
+       },
+       PastTheEnd({"heads[0].ranges[0]"})},
+      {"range whose end overflows uint64",
+       [](R& r) {
+         auto* range = r.mutable_heads(0)->mutable_ranges(0);
+         range->set_first_slot(std::numeric_limits<uint64_t>::max());
+         range->set_num_slots(std::numeric_limits<uint32_t>::max());
+       },
+       PastTheEnd({"heads[0].ranges[0]"})},
       {"stale layout_epoch",
        [&](R& r) { r.set_layout_epoch(exact.layout_epoch() + 1000); },
        {StatusCode::FAILED_PRECONDITION, {"layout_epoch"}}},
