@@ -285,8 +285,11 @@ absl::Status WaveBuffer::Update() {
   const auto ids =
       absl::MakeConstSpan(static_cast<const int32_t*>(host_ids_.get()), n_ids);
   const auto first = absl::MakeConstSpan(steady_tokens_host_);
-  // Rows are independent: split them over threads when there are many.
-  const int threads = std::clamp(rows / 16, 1, options_.update_threads);
+  // Rows are independent: split them over threads when there is enough
+  // work (the bookkeeping is bound by cache misses on the per-cluster state,
+  // so threads help even for a few rows).
+  const int threads =
+      n_ids >= 4096 ? std::clamp(rows, 1, options_.update_threads) : 1;
   plans_.resize(threads);
   std::vector<WaveBufferStats> deltas(threads);
   lru_.BeginStep();

@@ -56,7 +56,8 @@ struct WaveBufferOptions {
   // kernel fills as it reads them (one PCIe read per miss); false: the
   // admission copy reads the host store again.
   bool stage_misses = true;
-  // Most CPU threads for one Update (one per 16 rows at most).
+  // Most CPU threads for one Update (at most one per row; one thread when
+  // fewer than 4096 ids are selected per step).
   int update_threads = 4;
 
   absl::Status Validate() const;
