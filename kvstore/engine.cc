@@ -59,7 +59,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(
   RETURN_IF_ERROR(options.Validate());
   // A GPU that was asked for by number and cannot be used fails Open.
   RETURN_IF_ERROR(ResolveGpuDevice(options.gpu_device).status());
-  return std::unique_ptr<Engine>(std::make_unique<EngineImpl>(options));
+  auto engine = std::make_unique<EngineImpl>(options);
+  RETURN_IF_ERROR(engine->OpenStorage());
+  return std::unique_ptr<Engine>(std::move(engine));
 }
 
 EngineImpl::EngineImpl(const EngineOptions& options)
@@ -75,9 +77,10 @@ EngineImpl::EngineImpl(const EngineOptions& options)
 
 int64_t EngineImpl::NowUnixMs() { return absl::ToUnixMillis(absl::Now()); }
 
-absl::Status EngineImpl::CheckDurability(Durability durability) {
-  // The persistent tier (write-ahead log + SSD) plugs in here.
-  if (durability == Durability::kNone) return absl::OkStatus();
+absl::Status EngineImpl::CheckDurability(Durability durability) const {
+  if (durability == Durability::kNone || storage_ != nullptr) {
+    return absl::OkStatus();
+  }
   return absl::FailedPreconditionError(absl::StrCat(
       "durability: ", DurabilityName(durability),
       " requires the persistent tier, which is not enabled in this engine"));
@@ -99,10 +102,25 @@ absl::StatusOr<SessionInfo> EngineImpl::CreateSession(
   const int64_t now = NowUnixMs();
   ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
                    sessions_.Create(tenant, [&](std::string id) {
-                     return std::make_shared<Session>(
+                     auto session = std::make_shared<Session>(
                          std::move(id), tenant, options, max_tokens, now,
                          ChunkGeometry{}, &arena_);
+                     session->AttachStorage(storage_.get());
+                     return session;
                    }));
+  // A durable session is on disk before it is acknowledged, so a restart
+  // brings it back even before its first append.
+  if (options.durability != Durability::kNone) {
+    if (absl::Status s =
+            session->PersistAll(options.durability == Durability::kSync);
+        !s.ok()) {
+      if (sessions_.Remove(tenant, session->id()).ok()) {
+        budget_.Release(session->Close());
+        quotas_.ReleaseSession(tenant, session->id());
+      }
+      return s;
+    }
+  }
   return session->Info();
 }
 
@@ -120,13 +138,22 @@ absl::StatusOr<AppendResult> EngineImpl::Append(
   }
   // Malformed input is reported before the durability level is refused.
   RETURN_IF_ERROR(session->ValidateAppend(layers));
-  RETURN_IF_ERROR(
-      CheckDurability(durability.value_or(session->options().durability)));
-  ASSIGN_OR_RETURN(
-      Session::AppendOutcome outcome,
-      session->Append(layers, budget_, [&](const AppendCharge& charge) {
-        return quotas_.ChargeAppend(tenant, session_id, charge);
-      }));
+  const Durability level = durability.value_or(session->options().durability);
+  RETURN_IF_ERROR(CheckDurability(level));
+  ASSIGN_OR_RETURN(Session::ResidentHold resident, spiller_.Hold(session));
+  AppendPersist persist;
+  persist.enabled = level != Durability::kNone;
+  persist.sync = level == Durability::kSync;
+  ASSIGN_OR_RETURN(Session::AppendOutcome outcome,
+                   spiller_.WithRoom(session.get(), [&] {
+                     return session->Append(
+                         layers, budget_,
+                         [&](const AppendCharge& charge) {
+                           return quotas_.ChargeAppend(tenant, session_id,
+                                                       charge);
+                         },
+                         persist);
+                   }));
   session->Touch(NowUnixMs());
   for (uint32_t layer : outcome.index_layers) {
     builder_.Schedule(session, layer);
@@ -138,6 +165,7 @@ absl::StatusOr<SessionInfo> EngineImpl::GetSession(
     const TenantId& tenant, const std::string& session_id) {
   ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
                    sessions_.Find(tenant, session_id));
+  if (!session->unusable().ok()) return session->unusable();
   return session->Info();
 }
 
@@ -164,6 +192,16 @@ absl::StatusOr<uint64_t> EngineImpl::CloseSession(
   budget_.Release(freed);
   // After Close: no append can charge the session any more.
   quotas_.ReleaseSession(tenant, session_id);
+  if (storage_ != nullptr &&
+      (session->persistent() || !session->unusable().ok())) {
+    // Not synced: a crash before the WAL reaches the disk brings the
+    // session back, which a client that saw no reply must expect anyway.
+    if (absl::Status s = storage_->DeleteSession(session_id, false); !s.ok()) {
+      Log(absl::StrCat("session ", session_id,
+                       ": closed, but deleting its records failed: ",
+                       s.message()));
+    }
+  }
   return freed;
 }
 
@@ -187,6 +225,20 @@ EngineStats EngineImpl::Stats() const {
   }
   builder_.AddStats(stats);
   if (gpu_ != nullptr) gpu_->AddStats(stats);
+  spiller_.AddStats(stats);
+  const HostArenaStats arena = arena_.Stats();
+  stats.arena_slabs = arena.slabs;
+  stats.arena_reserved_bytes = arena.reserved_bytes;
+  stats.arena_locked_bytes = arena.locked_bytes;
+  stats.arena_lock_failures = arena.lock_failures;
+  stats.arena_fragmentation = arena.fragmentation;
+  if (storage_ != nullptr) {
+    stats.storage_write_errors = storage_->write_errors();
+    stats.storage_no_space_errors = storage_->no_space_errors();
+    stats.storage_wal_syncs = storage_->wal_syncs();
+  }
+  stats.sessions_recovered = sessions_recovered_.load();
+  stats.sessions_unusable = sessions_unusable_.load();
   return stats;
 }
 

@@ -38,6 +38,8 @@
 
 namespace wavekv {
 
+class Storage;  // kvstore/storage/storage.h
+
 // A failed background index build, as reported to
 // EngineOptions::on_index_build_failure.
 struct IndexBuildFailure {
@@ -91,6 +93,21 @@ struct EngineOptions {
   // call (logged and counted in EngineStats). >= -2.
   int32_t gpu_device = -1;
 
+  // --- Persistent tier (kvstore/storage/) ---
+  // Directory of the engine's RocksDB database (created if missing). Empty
+  // and no `storage`: memory only, and ASYNC/SYNC are FailedPrecondition.
+  // With it, Open recovers every stored session (see Engine::Open).
+  std::string storage_dir;
+  // An already open store, used instead of opening storage_dir (the server
+  // shares its database with the data directory's server record).
+  std::shared_ptr<Storage> storage;
+  // ASYNC appends are fsynced (and durable_tokens advanced) this often by a
+  // background flusher, in milliseconds. 1..60000.
+  uint32_t async_flush_interval_ms = 50;
+  // Recovery progress lines from Open ("recovering 12 sessions", one line
+  // per session, a summary). Empty: written to stderr.
+  std::function<void(const std::string&)> on_recovery_log;
+
   absl::Status Validate() const;
 };
 
@@ -116,19 +133,55 @@ struct EngineStats {
   uint64_t gpu_build_fallbacks = 0;
   uint64_t gpu_retrieve_calls = 0;
   uint64_t gpu_retrieve_fallbacks = 0;
+  // Persistent tier (zero without one): writes that failed, of those for
+  // lack of disk space, WAL fsyncs, and sessions found at Open (restored,
+  // and unusable because their records failed a check or did not fit).
+  uint64_t storage_write_errors = 0;
+  uint64_t storage_no_space_errors = 0;
+  uint64_t storage_wal_syncs = 0;
+  uint64_t sessions_recovered = 0;
+  uint64_t sessions_unusable = 0;
+  // Memory tiers (kvstore/spiller.h; zero without a persistent tier):
+  // sessions spilled to disk to make room and the bytes that freed, spills
+  // the disk refused, sessions restored on access and restores that failed
+  // (counters since Open); sessions on disk now and the bytes they held.
+  uint64_t spills = 0;
+  uint64_t spilled_bytes_total = 0;
+  uint64_t spill_failures = 0;
+  uint64_t restores = 0;
+  uint64_t restore_failures = 0;
+  uint64_t spilled_sessions = 0;
+  uint64_t spilled_bytes = 0;
+  // The pinned host arena (kvstore/host_arena.h): slabs, bytes mapped and
+  // mlocked, slabs whose mlock was refused, 1 - largest free run / free.
+  uint64_t arena_slabs = 0;
+  uint64_t arena_reserved_bytes = 0;
+  uint64_t arena_locked_bytes = 0;
+  uint64_t arena_lock_failures = 0;
+  double arena_fragmentation = 0.0;
 };
 
 class Engine {
  public:
+  // With a persistent tier, Open recovers every stored session before it
+  // returns: same id, tenant, options, tokens and index (from the stored
+  // index records; layers without one are rebuilt in the background), so
+  // Retrieve answers as before the restart. A session whose records fail
+  // their check is still listed (index_state FAILED, index_error says why)
+  // and every call on it answers DataLoss "session S: layer L chunk C:
+  // ..."; CloseSession removes it. Progress goes to on_recovery_log.
   static absl::StatusOr<std::unique_ptr<Engine>> Open(
       const EngineOptions& options);
 
+  // Graceful shutdown: with a persistent tier, stops the ASYNC flusher and
+  // persists every session (DURABILITY_NONE ones included) before
+  // returning, so a restart serves them all.
   virtual ~Engine() = default;
 
   // Creates a session owned by `tenant`. Fails with InvalidArgument on bad
   // options (also max_tokens above max_tokens_per_session),
   // FailedPrecondition for a durability level this engine cannot honour
-  // (today: anything but kNone; there is no persistent tier yet), and
+  // (ASYNC and SYNC need a persistent tier: storage_dir), and
   // ResourceExhausted over session limits.
   virtual absl::StatusOr<SessionInfo> CreateSession(
       const TenantId& tenant, const SessionOptions& options) = 0;
@@ -140,6 +193,13 @@ class Engine {
   // budget before anything is copied (ResourceExhausted naming
   // memory_budget_bytes when they do not fit); past the session's
   // max_tokens is ResourceExhausted too. Updates last_access on success.
+  // Durability: NONE keeps the K/V in memory (persisted only at shutdown
+  // or spill); ASYNC writes it to the WAL before returning and a
+  // background flusher fsyncs it (durable_tokens says how far); SYNC
+  // returns after the WAL is fsynced (concurrent SYNC appends share an
+  // fsync), durable_tokens = num_tokens. A storage failure refuses the
+  // append with nothing applied: ResourceExhausted "storage: no space
+  // left ..." or Unavailable/Internal with RocksDB's message; reads go on.
   // Layers that now have update_tokens or more tokens waiting beyond the
   // recent window get an index build (background, or before returning
   // with index_threads = 0); its failure does not fail the Append (see

@@ -8,8 +8,9 @@
 // (Retrieve: validation, locking, EXACT and WAVE answers) and
 // fetch_slots.cc (FetchSlots).
 //
-// Seam for later work: CheckDurability() is where the persistent tier
-// (RocksDB WAL/SST) plugs in; until then only DURABILITY_NONE is served.
+// The persistent tier (engine_storage.cc): OpenStorage opens or adopts the
+// Storage, recovers every stored session and starts the ASYNC flusher;
+// the destructor stops it and persists every session.
 //
 // Thread-safe. Lock order: SessionManager::mu_ is never held while a
 // session's layer locks are taken; layer locks as in session.h. No lock is
@@ -17,15 +18,18 @@
 #ifndef WAVEKV_KVSTORE_ENGINE_IMPL_H_
 #define WAVEKV_KVSTORE_ENGINE_IMPL_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "kvstore/engine.h"
 #include "kvstore/gpu/engine_gpu.h"
@@ -34,6 +38,8 @@
 #include "kvstore/memory_budget.h"
 #include "kvstore/session.h"
 #include "kvstore/session_manager.h"
+#include "kvstore/spiller.h"
+#include "kvstore/storage/storage.h"
 #include "kvstore/tenant_quota.h"
 #include "kvstore/thread_pool.h"
 #include "kvstore/types.h"
@@ -44,6 +50,14 @@ class EngineImpl final : public Engine {
  public:
   // REQUIRES: options.Validate() ok.
   explicit EngineImpl(const EngineOptions& options);
+  // Stops the flusher and persists every session (engine_storage.cc).
+  ~EngineImpl() override;
+
+  // Opens options.storage_dir (or adopts options.storage), recovers the
+  // stored sessions and starts the ASYNC flusher; a no-op without a
+  // persistent tier. Called once by Engine::Open before the engine is
+  // shared.
+  absl::Status OpenStorage();
 
   absl::StatusOr<SessionInfo> CreateSession(
       const TenantId& tenant, const SessionOptions& options) override;
@@ -73,7 +87,15 @@ class EngineImpl final : public Engine {
  private:
   // OK if this engine can honour `durability` (valid enum assumed);
   // FailedPrecondition naming the durability field otherwise.
-  static absl::Status CheckDurability(Durability durability);
+  absl::Status CheckDurability(Durability durability) const;
+
+  // Recovery of one stored session (OpenStorage).
+  void RecoverSession(const Storage::MetaEntry& entry);
+  // The ASYNC flusher's loop and one step of it: fsync the WAL, then mark
+  // what was written before it durable.
+  void FlushLoop();
+  absl::Status FlushAsyncOnce();
+  void Log(const std::string& line) const;
 
   // The answers to validated queries, with every session's layer reader
   // lock held (readers[i] for sessions[i]).
@@ -85,6 +107,8 @@ class EngineImpl final : public Engine {
   static int64_t NowUnixMs();
 
   const EngineOptions options_;
+  // Set by OpenStorage; outlives every session (they hold a raw pointer).
+  std::shared_ptr<Storage> storage_;
   MemoryBudget budget_;
   // Pinned host memory of every session's K/V; outlives the sessions.
   HostArena arena_;
@@ -96,6 +120,16 @@ class EngineImpl final : public Engine {
   // Destroyed before the members above: their threads use them.
   IndexBuilder builder_;
   ThreadPool retrieve_pool_;
+  // Spills idle sessions to storage_ when the budget is full, and restores
+  // them on access (no-op without storage_).
+  Spiller spiller_{storage_, budget_, sessions_, builder_};
+
+  // Persistence counters and the ASYNC flusher.
+  std::atomic<uint64_t> sessions_recovered_{0};
+  std::atomic<uint64_t> sessions_unusable_{0};
+  absl::Mutex flush_mu_;
+  bool stop_flusher_ ABSL_GUARDED_BY(flush_mu_) = false;
+  std::thread flusher_;
 };
 
 }  // namespace wavekv

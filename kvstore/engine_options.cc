@@ -62,6 +62,11 @@ absl::Status EngineOptions::Validate() const {
         absl::StrCat("gpu_device: ", gpu_device,
                      " is not a device number, -1 (off) or -2 (auto)"));
   }
+  if (absl::Status s = CheckRange("async_flush_interval_ms",
+                                  async_flush_interval_ms, 1, 60000);
+      !s.ok()) {
+    return s;
+  }
   return absl::OkStatus();
 }
 

@@ -86,6 +86,12 @@ Session::BuildReport Session::BuildIndex(uint32_t layer_index,
       if (installed.ok() && !*installed) return report;  // closed
       if (installed.ok()) {
         ++report.blocks;
+        // The index record follows every installed block, so a restart
+        // finds the index instead of re-clustering. Failing to write it
+        // costs only that (recovery rebuilds), so it is logged.
+        if (absl::Status s = PersistIndex(layer_index); !s.ok()) {
+          ABSL_RAW_LOG(WARNING, "%s", std::string(s.message()).c_str());
+        }
       } else {
         status = installed.status();
       }

@@ -137,7 +137,8 @@ bool Session::NeedsBuild(const Layer& layer) const {
 
 absl::StatusOr<Session::AppendOutcome> Session::Append(
     absl::Span<const LayerAppend> layers, MemoryBudget& budget,
-    const std::function<absl::Status(const AppendCharge&)>& admit) {
+    const std::function<absl::Status(const AppendCharge&)>& admit,
+    AppendPersist persist) {
   const ModelShape& shape = options_.shape;
   // 1. Everything that does not depend on state, before taking any lock.
   if (absl::Status s = ValidateAppend(layers); !s.ok()) return s;
@@ -153,6 +154,7 @@ absl::StatusOr<Session::AppendOutcome> Session::Append(
   if (closed_.load(std::memory_order_acquire)) {
     return SessionNotFoundError("session_id", id_);
   }
+  if (!unusable_.ok()) return unusable_;
   uint64_t growth_bytes = 0;
   for (size_t i = 0; i < layers.size(); ++i) {
     const LayerAppend& la = layers[i];
@@ -197,6 +199,20 @@ absl::StatusOr<Session::AppendOutcome> Session::Append(
     }
   }
 
+  // The storage write (ASYNC/SYNC), before the quota, which cannot be
+  // undone; a quota refusal deletes what was written.
+  if (persist.enabled) {
+    if (absl::Status s = PersistAppendLocked(layers, persist.sync); !s.ok()) {
+      for (const LayerAppend& la : layers) {
+        Layer& undo = *layers_[la.layer];
+        undo.mu.AssertHeld();
+        for (HeadStore& hs : undo.heads) hs.tokens.ReleaseUnused();
+      }
+      budget.Release(growth_bytes);
+      return s;
+    }
+  }
+
   // The tenant's quota comes last: it commits its charge, and nothing
   // after it can fail.
   if (admit) {
@@ -207,6 +223,7 @@ absl::StatusOr<Session::AppendOutcome> Session::Append(
           charge.session_tokens, la.start_token + la.num_tokens);
     }
     if (absl::Status s = admit(charge); !s.ok()) {
+      if (persist.enabled) UndoPersistAppend(layers);
       for (const LayerAppend& la : layers) {
         Layer& undo = *layers_[la.layer];
         undo.mu.AssertHeld();
@@ -230,6 +247,15 @@ absl::StatusOr<Session::AppendOutcome> Session::Append(
     }
     layer.num_tokens.store(la.start_token + la.num_tokens,
                            std::memory_order_release);
+    if (persist.enabled) {
+      layer.written_tokens.store(la.start_token + la.num_tokens,
+                                 std::memory_order_release);
+      if (persist.sync) {
+        // The fsync covered every earlier write of the WAL as well.
+        layer.durable_tokens.store(la.start_token + la.num_tokens,
+                                   std::memory_order_release);
+      }
+    }
     if (NeedsBuild(layer)) {
       layer.build_pending = true;
       outcome.index_layers.push_back(la.layer);
@@ -241,7 +267,7 @@ absl::StatusOr<Session::AppendOutcome> Session::Append(
   result.layer_tokens = LayerTokens();
   result.num_tokens =
       *std::min_element(result.layer_tokens.begin(), result.layer_tokens.end());
-  result.durable_tokens = 0;  // DURABILITY_NONE only (see engine.cc)
+  result.durable_tokens = durable_tokens();
   std::sort(outcome.index_layers.begin(), outcome.index_layers.end());
   return outcome;
 }
@@ -267,6 +293,10 @@ absl::StatusOr<Session::LayerReader> Session::ReadLock(
   if (closed_.load(std::memory_order_acquire)) {
     layer.mu.ReaderUnlock();
     return SessionNotFoundError(id_field, id_);
+  }
+  if (!unusable_.ok()) {
+    layer.mu.ReaderUnlock();
+    return unusable_;
   }
   LayerView view;
   view.num_tokens = layer.num_tokens.load(std::memory_order_relaxed);
@@ -344,7 +374,7 @@ absl::StatusOr<SessionInfo> Session::Info() const {
   info.durability = options_.durability;
   info.max_tokens = max_tokens_;
   info.label = options_.label;
-  info.durable_tokens = 0;  // DURABILITY_NONE only (see engine.cc)
+  info.durable_tokens = durable_tokens();
   info.memory_bytes = memory_bytes();
   info.created_unix_ms = created_unix_ms_;
   info.last_access_unix_ms =
@@ -374,6 +404,10 @@ absl::StatusOr<SessionInfo> Session::Info() const {
   }
   info.num_tokens =
       *std::min_element(info.layer_tokens.begin(), info.layer_tokens.end());
+  if (!unusable_.ok()) {
+    failed = true;
+    info.index_error = std::string(unusable_.message());
+  }
   info.index_state = failed     ? IndexState::kFailed
                      : building ? IndexState::kBuilding
                      : indexed  ? IndexState::kReady

@@ -41,6 +41,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,6 +58,7 @@
 #include "kvstore/host_arena.h"
 #include "kvstore/memory_budget.h"
 #include "kvstore/slot_store.h"
+#include "kvstore/storage/storage.h"
 #include "kvstore/tenant_quota.h"
 #include "kvstore/thread_pool.h"
 #include "kvstore/types.h"
@@ -105,6 +107,12 @@ struct LayerView {
   absl::Span<const HeadStore> heads;  // one per kv head
 };
 
+// How Session::Append persists (ASYNC: enabled; SYNC: enabled and sync).
+struct AppendPersist {
+  bool enabled = false;
+  bool sync = false;
+};
+
 class Session {
  public:
   // REQUIRES: options.Validate() ok; 1 <= max_tokens.
@@ -143,9 +151,18 @@ class Session {
   // once everything else passed (budget reserved, chunks allocated), just
   // before anything is copied, with what the append brings (the tenant's
   // quota, tenant_quota.h); its error refuses the append, nothing changed.
+  // With `persist` (ASYNC/SYNC, session_persist.cc), the append is written
+  // to storage under the writer locks after the memory checks and before
+  // `admit`: the request's K/V, any earlier tokens of those layers not
+  // written yet, and the session's meta the first time, as one atomic
+  // batch (sync: WAL fsynced before it returns). A failed write refuses the
+  // append with nothing changed; a refusal by `admit` deletes what was
+  // written. Holding the writer locks across the write keeps a layer's
+  // records in token order; readers of those layers wait for it.
   absl::StatusOr<AppendOutcome> Append(
       absl::Span<const LayerAppend> layers, MemoryBudget& budget,
-      const std::function<absl::Status(const AppendCharge&)>& admit = nullptr);
+      const std::function<absl::Status(const AppendCharge&)>& admit = nullptr,
+      AppendPersist persist = AppendPersist());
 
   struct BuildReport {
     uint32_t blocks = 0;  // blocks clustered and installed
@@ -211,6 +228,108 @@ class Session {
   // Records an access at `now_unix_ms` (never moves backwards).
   void Touch(int64_t now_unix_ms);
 
+  // --- Residency: spill to disk and restore (session_spill.cc) ---
+  //
+  // An operation that reads or writes the stores (Append, Retrieve,
+  // FetchSlots) holds the session resident (a shared hold of
+  // residency_mu_) for its whole duration; spilling takes residency_mu_
+  // exclusively with TryLock only, so a session with an operation in
+  // flight is never spilled and a spiller never waits. A spilled session
+  // keeps its metadata (token counts, indexed spans: Info and GetSession
+  // answer as before, memory_bytes 0) while its stores and indexes are
+  // freed. Lock order: residency_mu_ before any layer lock; holds of
+  // several sessions are taken in ascending session id order, and a thread
+  // waiting for one exclusively (a restore) holds no other.
+
+  // A shared hold (RAII, move-only). Must be released on its thread.
+  class ResidentHold {
+   public:
+    ResidentHold(ResidentHold&& other) noexcept : mu_(other.mu_) {
+      other.mu_ = nullptr;
+    }
+    ResidentHold& operator=(ResidentHold&& other) noexcept;
+    ~ResidentHold();
+
+   private:
+    friend class Session;
+    explicit ResidentHold(absl::Mutex* mu) : mu_(mu) {}
+    absl::Mutex* mu_;
+  };
+  // A hold if the session is resident; nullopt (nothing held) if spilled.
+  std::optional<ResidentHold> HoldIfResident() const;
+
+  bool spilled() const { return spilled_.load(std::memory_order_acquire); }
+  int64_t last_access_unix_ms() const {
+    return last_access_unix_ms_.load(std::memory_order_acquire);
+  }
+  // Bytes the session held when it was spilled (0 while resident).
+  uint64_t spilled_bytes() const {
+    return spilled_bytes_.load(std::memory_order_acquire);
+  }
+  // Whether some layer has an index build scheduled or running.
+  bool BuildPending() const;
+
+  // Spills the session if it is idle: FailedPrecondition ("busy") without
+  // waiting if any operation holds it, a build is pending, or it is
+  // already spilled or closed; otherwise runs `persist` (which must put
+  // everything on disk; its error is returned, nothing freed), then frees
+  // every store and index and marks it spilled. Returns the bytes freed,
+  // which the caller returns to the MemoryBudget. If the session was
+  // closed while `persist` ran, returns Aborted (its records were written
+  // after the close: the caller deletes them).
+  absl::StatusOr<uint64_t> TrySpill(absl::FunctionRef<absl::Status()> persist);
+
+  // If the session is spilled: empties its layers' metadata, runs `restore`
+  // (which must load it back, e.g. Restore(snapshot)) and marks it
+  // resident; if `restore` fails, the metadata is put back and the session
+  // stays spilled. OK at once if it is resident. Blocks until operations
+  // in flight end. REQUIRES: the calling thread holds no ResidentHold.
+  absl::Status RestoreIfSpilled(absl::FunctionRef<absl::Status()> restore);
+
+  // --- Persistence (session_persist.cc) ---
+
+  // Sets the store this session writes to (ASYNC/SYNC appends, index
+  // records after builds, snapshots). REQUIRES: called before the session
+  // is shared; `storage` outlives the session.
+  void AttachStorage(Storage* storage) { storage_ = storage; }
+  SessionMeta Meta() const;
+  // Tokens of every layer whose K/V is fsynced on disk (min over layers).
+  uint64_t durable_tokens() const;
+  // Whether some layer has tokens written but not yet fsynced.
+  bool HasUnsyncedWrites() const;
+  // Per layer, tokens written to storage (maybe not fsynced yet).
+  std::vector<uint64_t> WrittenTokens() const;
+  // Marks `written` (from WrittenTokens before an fsync of the WAL) durable.
+  void MarkDurable(absl::Span<const uint64_t> written);
+  // Whether the session's meta is in storage (it was durably appended to,
+  // written as a snapshot, or recovered).
+  bool persistent() const {
+    return meta_persisted_.load(std::memory_order_acquire);
+  }
+  // Writes what storage lacks: every token not written yet and every
+  // layer's index (a NONE session: all of it), then marks it persistent.
+  // For shutdown and spill. Holds one layer's reader lock at a time.
+  absl::Status PersistAll(bool sync);
+  // Every layer's K/V (token order) and index, under reader locks.
+  absl::StatusOr<SessionSnapshot> Snapshot() const;
+  // Writes `layer`'s index record (after a build installed a block).
+  // A no-op unless the session is persistent.
+  absl::Status PersistIndex(uint32_t layer);
+  // Loads `snapshot` (from Storage::LoadSession) into this new, empty
+  // session: K/V into the token-order stores, each stored index with its
+  // cluster store, tokens beyond it left for builds. Reserves memory in
+  // `budget` first (ResourceExhausted, nothing kept, if it does not fit).
+  // Returns the layers that still have a block to index (marked pending).
+  absl::StatusOr<std::vector<uint32_t>> Restore(const SessionSnapshot& snapshot,
+                                                MemoryBudget& budget);
+  // Makes every call on the session answer `status` (DataLoss for records
+  // that failed their check); Info still lists it with index_state FAILED
+  // and index_error = the message. REQUIRES: called before the session is
+  // shared.
+  void MarkUnusable(absl::Status status) { unusable_ = std::move(status); }
+  // OK, or the status every call on the session answers.
+  const absl::Status& unusable() const { return unusable_; }
+
   // Lock-free gauges.
   uint64_t memory_bytes() const {
     return memory_bytes_.load(std::memory_order_acquire);
@@ -233,7 +352,22 @@ class Session {
     // written with mu held exclusively, readable without it for gauges.
     std::atomic<uint64_t> num_tokens{0};
     std::atomic<uint64_t> indexed_tokens{0};
+    // Tokens [0, written_tokens) are written to storage (written under mu
+    // held exclusively), [0, durable_tokens) also fsynced.
+    std::atomic<uint64_t> written_tokens{0};
+    std::atomic<uint64_t> durable_tokens{0};
   };
+
+  // The K/V of tokens [begin, end) of `layer` in the LayerAppend layout,
+  // from the token-order store and (for indexed tokens) the cluster store.
+  void ExportTokensLocked(const Layer& layer, uint64_t begin, uint64_t end,
+                          std::string& keys, std::string& values) const
+      ABSL_SHARED_LOCKS_REQUIRED(layer.mu);
+  // Append's storage write (see Append); `layers` validated.
+  absl::Status PersistAppendLocked(absl::Span<const LayerAppend> layers,
+                                   bool sync) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  // Deletes the chunks PersistAppendLocked wrote for `layers`.
+  void UndoPersistAppend(absl::Span<const LayerAppend> layers);
 
   // Holds the writer locks of a set of layers, taken in ascending order.
   class LayerWriteLocks;
@@ -263,6 +397,17 @@ class Session {
   std::atomic<bool> closed_{false};
   std::atomic<uint64_t> memory_bytes_{0};  // written under layer locks
   std::atomic<int64_t> last_access_unix_ms_;
+
+  // Residency (see above). spilled_ is written with residency_mu_ held
+  // exclusively and every layer's writer lock.
+  mutable absl::Mutex residency_mu_;
+  std::atomic<bool> spilled_{false};
+  std::atomic<uint64_t> spilled_bytes_{0};
+
+  // Persistence: set before the session is shared, then read-only.
+  Storage* storage_ = nullptr;
+  absl::Status unusable_;
+  std::atomic<bool> meta_persisted_{false};
 };
 
 }  // namespace wavekv

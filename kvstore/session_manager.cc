@@ -63,6 +63,17 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Create(
   return session;
 }
 
+absl::Status SessionManager::Restore(std::shared_ptr<Session> session) {
+  absl::MutexLock lock(&mu_);
+  if (by_id_.contains(session->id())) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("session ", session->id(), " is already registered"));
+  }
+  by_tenant_[session->tenant()].insert(session->id());
+  by_id_.emplace(session->id(), std::move(session));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(
     const TenantId& tenant, const std::string& session_id,
     absl::string_view field) const {

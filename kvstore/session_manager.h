@@ -54,6 +54,11 @@ class SessionManager {
       const TenantId& tenant,
       absl::FunctionRef<std::shared_ptr<Session>(std::string id)> make);
 
+  // Registers a session recovered from storage under its own id, without
+  // checking the session limits (it was admitted before the restart).
+  // AlreadyExists if the id is taken.
+  absl::Status Restore(std::shared_ptr<Session> session);
+
   // The tenant's session `session_id`. InvalidArgument if the id is empty;
   // NotFound (naming `field`) if unknown or another tenant's.
   absl::StatusOr<std::shared_ptr<Session>> Find(

@@ -1,10 +1,11 @@
 // The server's data directory: created if missing, holding the server's
-// RocksDB at <data_dir>/db. RocksDB's LOCK file makes the directory
-// exclusive: a second server on the same directory fails with
-// FailedPrecondition naming it. The database holds a small server record
-// (stable server id, start count), rewritten with a synced write at every
-// start, so the directory is real and durable before any session data
-// lands there.
+// RocksDB at <data_dir>/db, opened through the engine's persistent tier
+// (kvstore/storage/) so that the engine's sessions and the server record
+// share one database. RocksDB's LOCK file makes the directory exclusive: a
+// second server on the same directory fails with FailedPrecondition naming
+// it. The database holds a small server record (stable server id, start
+// count), rewritten with a synced write at every start, so the directory
+// is real and durable before any session data lands there.
 //
 // Not thread-safe for Open; record() is const after Open.
 #ifndef WAVEKV_TRANSPORT_DATA_DIR_H_
@@ -15,7 +16,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "rocksdb/db.h"
+#include "kvstore/storage/storage.h"
 
 namespace wavekv {
 
@@ -27,28 +28,31 @@ struct ServerRecord {
 
 class DataDir {
  public:
-  // Creates `path` if needed, opens (creating) the RocksDB in it, and
+  // Creates `path` if needed, opens (creating) the database in it, and
   // records this start. FailedPrecondition if another process (or another
   // DataDir in this one) holds the directory; InvalidArgument if `path`
-  // is empty or not a directory; the RocksDB error otherwise.
+  // is empty or not a directory; DataLoss if the server record fails its
+  // check; the storage error otherwise.
   static absl::StatusOr<std::unique_ptr<DataDir>> Open(const std::string& path);
 
-  ~DataDir();  // closes the database, releasing the lock
+  // Closes the database (once the engine lets go of storage()), releasing
+  // the lock.
+  ~DataDir() = default;
 
   DataDir(const DataDir&) = delete;
   DataDir& operator=(const DataDir&) = delete;
 
   const std::string& path() const { return path_; }
   const ServerRecord& record() const { return record_; }
-  // For persistence layers that share the server's database.
-  rocksdb::DB* db() const { return db_.get(); }
+  // The database, for the engine (EngineOptions::storage).
+  const std::shared_ptr<Storage>& storage() const { return storage_; }
 
  private:
-  DataDir(std::string path, std::unique_ptr<rocksdb::DB> db,
+  DataDir(std::string path, std::shared_ptr<Storage> storage,
           ServerRecord record);
 
   const std::string path_;
-  std::unique_ptr<rocksdb::DB> db_;
+  std::shared_ptr<Storage> storage_;
   const ServerRecord record_;
 };
 

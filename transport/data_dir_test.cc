@@ -24,7 +24,7 @@ TEST(DataDirTest, CreatesTheDirectoryAndCountsStarts) {
     EXPECT_EQ((*dir)->record().server_id.size(), 32u);
     EXPECT_GT((*dir)->record().created_unix_ms, 0);
     id = (*dir)->record().server_id;
-    EXPECT_NE((*dir)->db(), nullptr);
+    EXPECT_NE((*dir)->storage(), nullptr);
   }
   auto again = DataDir::Open(path);
   ASSERT_TRUE(again.ok()) << again.status();

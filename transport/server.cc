@@ -35,7 +35,16 @@ absl::StatusOr<std::unique_ptr<WaveKvServer>> WaveKvServer::Start(
   server->log_ = &log;
 
   ASSIGN_OR_RETURN(server->data_dir_, DataDir::Open(options.data_dir));
-  ASSIGN_OR_RETURN(server->engine_, Engine::Open(options.ToEngineOptions()));
+  {
+    // The engine's persistent tier is the data directory's database:
+    // sessions come back from it here, SYNC/ASYNC appends go to it.
+    EngineOptions engine_options = options.ToEngineOptions();
+    engine_options.storage = server->data_dir_->storage();
+    engine_options.on_recovery_log = [&log](const std::string& line) {
+      log.Info("storage", {{"event", line}});
+    };
+    ASSIGN_OR_RETURN(server->engine_, Engine::Open(engine_options));
+  }
   {
     // What --gpu resolved to: index builds and WAVE planning on this
     // device, or on the CPU (device -1).

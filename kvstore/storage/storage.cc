@@ -1,5 +1,7 @@
 #include "kvstore/storage/storage.h"
 
+#include <cstdarg>
+#include <cstdio>
 #include <filesystem>
 #include <system_error>
 #include <utility>
@@ -10,6 +12,7 @@
 #include "kvstore/storage/record.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
 #include "rocksdb/iterator.h"
 #include "rocksdb/options.h"
 #include "rocksdb/statistics.h"
@@ -46,6 +49,21 @@ bool ParseChunkSuffix(absl::string_view suffix, uint32_t& layer,
   return absl::SimpleHexAtoi(suffix.substr(0, 8), &layer) &&
          absl::SimpleHexAtoi(suffix.substr(9), &first);
 }
+
+// RocksDB's own log, to stderr at WARN and above. Not RocksDB's LOG file:
+// that lives on the database's disk, and when the disk is full a failed
+// log write followed by another aborts the process in assertion-enabled
+// RocksDB builds (Debian's), turning ENOSPC into a crash.
+class StderrLogger : public rocksdb::Logger {
+ public:
+  StderrLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    char line[1024];
+    std::vsnprintf(line, sizeof(line), format, ap);
+    std::fprintf(stderr, "rocksdb: %s\n", line);
+  }
+};
 
 absl::string_view ToView(const rocksdb::Slice& s) {
   return absl::string_view(s.data(), s.size());
@@ -128,6 +146,15 @@ void StorageBatch::DeleteSession(absl::string_view session_id) {
   }
 }
 
+void StorageBatch::DeleteTokenRange(absl::string_view session_id,
+                                    uint32_t layer, uint64_t begin,
+                                    uint64_t end) {
+  batch_
+      ->DeleteRange(KvChunkKey(session_id, layer, begin),
+                    KvChunkKey(session_id, layer, end))
+      .PermitUncheckedError();
+}
+
 bool StorageBatch::empty() const { return batch_->Count() == 0; }
 uint64_t StorageBatch::bytes() const { return batch_->GetDataSize(); }
 
@@ -155,7 +182,7 @@ absl::StatusOr<std::unique_ptr<Storage>> Storage::Open(
   rocksdb::Options o;
   o.create_if_missing = true;
   o.max_open_files = 256;
-  o.keep_log_file_num = 4;
+  o.info_log = std::make_shared<StderrLogger>();
   o.write_buffer_size = options.write_buffer_bytes;
   o.max_background_jobs = 2;
   o.statistics = rocksdb::CreateDBStatistics();
@@ -191,24 +218,32 @@ absl::Status Storage::WriteFailed(const absl::Status& status) {
   }
   absl::MutexLock lock(&resume_mu_);
   needs_resume_ = true;
+  last_error_ = status;
   return status;
 }
 
 absl::Status Storage::ResumeIfNeeded() {
   absl::MutexLock lock(&resume_mu_);
   if (!needs_resume_) return absl::OkStatus();
+  // RocksDB stops writing after a failed write. For a full disk it
+  // recovers by itself once space is back (Resume() answers Busy while
+  // that runs); other errors need Resume(). Either way nothing touches the
+  // failed WAL writer until RocksDB says it is healthy again.
   const rocksdb::Status s = db_->Resume();
   if (!s.ok()) {
     write_errors_.fetch_add(1, std::memory_order_relaxed);
-    absl::Status status = FromRocks(s,
-                                    "storage: write (resuming after an "
-                                    "earlier failed write)");
-    if (absl::IsResourceExhausted(status)) {
+    if (absl::IsResourceExhausted(last_error_)) {
       no_space_errors_.fetch_add(1, std::memory_order_relaxed);
     }
-    return status;
+    return absl::Status(
+        last_error_.code(),
+        absl::StrCat(last_error_.message(),
+                     "; writes are refused until the database recovers "
+                     "(RocksDB: ",
+                     s.ToString(), ")"));
   }
   needs_resume_ = false;
+  last_error_ = absl::OkStatus();
   return absl::OkStatus();
 }
 
@@ -223,12 +258,14 @@ absl::Status Storage::Write(StorageBatch& batch, bool sync) {
 }
 
 absl::Status Storage::SyncWal() {
+  if (absl::Status s = ResumeIfNeeded(); !s.ok()) return s;
   const rocksdb::Status s = db_->SyncWAL();
   if (!s.ok()) return WriteFailed(FromRocks(s, "storage: sync WAL"));
   return absl::OkStatus();
 }
 
 absl::Status Storage::FlushMemtables() {
+  if (absl::Status s = ResumeIfNeeded(); !s.ok()) return s;
   rocksdb::FlushOptions fo;
   fo.wait = true;
   const rocksdb::Status s = db_->Flush(fo);

@@ -15,9 +15,11 @@
 // "storage: no space left on device (...)"; Corruption (a RocksDB block or
 // blob checksum) and any record that fails its check are DataLoss naming
 // the session, layer and chunk; other I/O errors are Unavailable with
-// RocksDB's message. After a failed write, the next write first tries to
-// resume the database (RocksDB Resume()), so writes work again once space
-// is freed. A failed write applies nothing.
+// RocksDB's message. After a failed write, every later write (and WAL
+// sync) first tries to resume the database (RocksDB Resume(); for a full
+// disk RocksDB also recovers by itself once space is back) and fails with
+// the first error's code until that succeeds, so writes work again once
+// space is freed. A failed write applies nothing.
 //
 // Thread-safe.
 //
@@ -117,6 +119,9 @@ class StorageBatch {
                      const std::vector<const WaveIndex*>& heads);
   // Every record of the session (meta, chunks, indexes).
   void DeleteSession(absl::string_view session_id);
+  // The chunk records of `layer` whose first token is in [begin, end).
+  void DeleteTokenRange(absl::string_view session_id, uint32_t layer,
+                        uint64_t begin, uint64_t end);
 
   bool empty() const;
   // Bytes of the batch (for metrics and tests).
@@ -216,6 +221,7 @@ class Storage {
   std::unique_ptr<rocksdb::DB> db_;
   absl::Mutex resume_mu_;
   bool needs_resume_ ABSL_GUARDED_BY(resume_mu_) = false;
+  absl::Status last_error_ ABSL_GUARDED_BY(resume_mu_);
   std::atomic<uint64_t> write_errors_{0};
   std::atomic<uint64_t> no_space_errors_{0};
 };
