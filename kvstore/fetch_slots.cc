@@ -122,6 +122,8 @@ absl::Status EngineImpl::FetchSlots(
                    sessions_.Find(tenant, request.session_id));
   const ModelShape& shape = session->shape();
   RETURN_IF_ERROR(ValidateFetchShape(shape, request));
+  // Resident for the whole fetch (a spilled session comes back first).
+  ASSIGN_OR_RETURN(Session::ResidentHold resident, spiller_.Hold(session));
 
   absl::Status state_status;
   uint64_t epoch = 0;

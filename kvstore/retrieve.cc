@@ -87,6 +87,9 @@ absl::StatusOr<std::vector<SessionResult>> EngineImpl::Retrieve(
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     return sessions[a]->id() < sessions[b]->id();
   });
+  // Spilled sessions come back first; the holds keep them resident.
+  ASSIGN_OR_RETURN(std::vector<Session::ResidentHold> resident,
+                   spiller_.HoldAll(sessions));
   std::vector<std::optional<Session::LayerReader>> readers(sessions.size());
   for (size_t i : order) {
     ASSIGN_OR_RETURN(

@@ -117,8 +117,8 @@ class Session {
  public:
   // REQUIRES: options.Validate() ok; 1 <= max_tokens.
   Session(std::string id, TenantId tenant, const SessionOptions& options,
-          uint64_t max_tokens, int64_t now_unix_ms,
-          ChunkGeometry geometry = {}, HostArena* arena = nullptr);
+          uint64_t max_tokens, int64_t now_unix_ms, ChunkGeometry geometry = {},
+          HostArena* arena = nullptr);
 
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -182,8 +182,8 @@ class Session {
   // BuildIndex of it runs.
   // With `gpu`, each block's kv heads are clustered on the GPU in one batch
   // (the CPU redoes a block whose GPU call fails; EngineGpu counts it).
-  BuildReport BuildIndex(uint32_t layer, MemoryBudget& budget,
-                         ThreadPool& pool, EngineGpu* gpu = nullptr);
+  BuildReport BuildIndex(uint32_t layer, MemoryBudget& budget, ThreadPool& pool,
+                         EngineGpu* gpu = nullptr);
 
   // Holds one layer's reader lock while alive (RAII); view() is valid
   // meanwhile. Move-only; must be destroyed on the thread that made it.
@@ -231,29 +231,30 @@ class Session {
   // --- Residency: spill to disk and restore (session_spill.cc) ---
   //
   // An operation that reads or writes the stores (Append, Retrieve,
-  // FetchSlots) holds the session resident (a shared hold of
-  // residency_mu_) for its whole duration; spilling takes residency_mu_
-  // exclusively with TryLock only, so a session with an operation in
-  // flight is never spilled and a spiller never waits. A spilled session
+  // FetchSlots) holds the session resident (a counted hold, re-entrant: a
+  // FetchSlots sink may Append to the same session) for its whole
+  // duration; spilling takes residency_mu_ with TryLock only and gives up
+  // while any hold exists, so a session with an operation in flight is
+  // never spilled and a spiller never waits. A spilled session
   // keeps its metadata (token counts, indexed spans: Info and GetSession
   // answer as before, memory_bytes 0) while its stores and indexes are
   // freed. Lock order: residency_mu_ before any layer lock; holds of
   // several sessions are taken in ascending session id order, and a thread
   // waiting for one exclusively (a restore) holds no other.
 
-  // A shared hold (RAII, move-only). Must be released on its thread.
+  // A counted hold (RAII, move-only).
   class ResidentHold {
    public:
-    ResidentHold(ResidentHold&& other) noexcept : mu_(other.mu_) {
-      other.mu_ = nullptr;
+    ResidentHold(ResidentHold&& other) noexcept : session_(other.session_) {
+      other.session_ = nullptr;
     }
     ResidentHold& operator=(ResidentHold&& other) noexcept;
     ~ResidentHold();
 
    private:
     friend class Session;
-    explicit ResidentHold(absl::Mutex* mu) : mu_(mu) {}
-    absl::Mutex* mu_;
+    explicit ResidentHold(const Session* session) : session_(session) {}
+    const Session* session_;
   };
   // A hold if the session is resident; nullopt (nothing held) if spilled.
   std::optional<ResidentHold> HoldIfResident() const;
@@ -282,8 +283,8 @@ class Session {
   // If the session is spilled: empties its layers' metadata, runs `restore`
   // (which must load it back, e.g. Restore(snapshot)) and marks it
   // resident; if `restore` fails, the metadata is put back and the session
-  // stays spilled. OK at once if it is resident. Blocks until operations
-  // in flight end. REQUIRES: the calling thread holds no ResidentHold.
+  // stays spilled. OK at once if it is resident. A spilled session has no
+  // holds, so this waits only for a spill or restore of it in progress.
   absl::Status RestoreIfSpilled(absl::FunctionRef<absl::Status()> restore);
 
   // --- Persistence (session_persist.cc) ---
@@ -401,6 +402,7 @@ class Session {
   // Residency (see above). spilled_ is written with residency_mu_ held
   // exclusively and every layer's writer lock.
   mutable absl::Mutex residency_mu_;
+  mutable uint64_t resident_holds_ ABSL_GUARDED_BY(residency_mu_) = 0;
   std::atomic<bool> spilled_{false};
   std::atomic<uint64_t> spilled_bytes_{0};
 

@@ -10,28 +10,27 @@
 
 namespace wavekv {
 
-Session::ResidentHold::~ResidentHold() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  if (mu_ != nullptr) mu_->ReaderUnlock();
+Session::ResidentHold::~ResidentHold() {
+  if (session_ == nullptr) return;
+  absl::MutexLock lock(&session_->residency_mu_);
+  --session_->resident_holds_;
 }
 
 Session::ResidentHold& Session::ResidentHold::operator=(
-    ResidentHold&& other) noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    ResidentHold&& other) noexcept {
   if (this != &other) {
-    if (mu_ != nullptr) mu_->ReaderUnlock();
-    mu_ = other.mu_;
-    other.mu_ = nullptr;
+    ResidentHold released(std::move(*this));
+    session_ = other.session_;
+    other.session_ = nullptr;
   }
   return *this;
 }
 
-std::optional<Session::ResidentHold> Session::HoldIfResident() const
-    ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  residency_mu_.ReaderLock();
-  if (spilled_.load(std::memory_order_acquire)) {
-    residency_mu_.ReaderUnlock();
-    return std::nullopt;
-  }
-  return ResidentHold(&residency_mu_);
+std::optional<Session::ResidentHold> Session::HoldIfResident() const {
+  absl::MutexLock lock(&residency_mu_);
+  if (spilled_.load(std::memory_order_acquire)) return std::nullopt;
+  ++resident_holds_;
+  return ResidentHold(this);
 }
 
 bool Session::BuildPending() const {
@@ -52,6 +51,10 @@ absl::StatusOr<uint64_t> Session::TrySpill(
     absl::Mutex* mu;
     ~Unlock() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu->Unlock(); }
   } unlock{&residency_mu_};
+  if (resident_holds_ > 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", id_, ": busy (an operation is in flight)"));
+  }
   if (spilled_.load(std::memory_order_acquire) ||
       closed_.load(std::memory_order_acquire) || BuildPending()) {
     return absl::FailedPreconditionError(absl::StrCat(
