@@ -13,6 +13,17 @@
 // it is taken. Readers are treated like writers (reader-reader edges can only
 // hide races between two reads, which are not races).
 //
+// Conditions (Await, LockWhen) are evaluated by the library with the mutex
+// held, in the waiting thread or in the thread that unlocks: each is wrapped
+// in a condition that does __tsan_acquire(mu) before and __tsan_release(mu)
+// after evaluating it, so its reads of guarded state are ordered with every
+// other critical section of the mutex.
+//
+// Abseil's own deadlock detection (on in Debian's build) keeps its lock graph
+// with uninstrumented code that TSan sees only through its memmove calls, as
+// races; TSan builds turn it off at start-up (absl::OnDeadlockCycle::kIgnore).
+
+//
 // In builds without TSan this file is empty.
 #if defined(__SANITIZE_THREAD__)
 #define WAVEKV_TSAN 1
@@ -61,9 +72,39 @@ void* Real(const char* cls, const char* rest) {
   return fn;
 }
 
+// A Condition that tells TSan the mutex is held before evaluating `cond`.
+struct AnnotatedCondition {
+  const absl::Condition* cond;
+  absl::Mutex* mu;
+
+  // May run in another thread (the unlocker), which reads this struct from
+  // the waiter's stack: published by the release in condition().
+  static bool Eval(void* arg) {
+    __tsan_acquire(arg);
+    auto* self = static_cast<AnnotatedCondition*>(arg);
+    // The evaluation is a small critical section of its own: after every
+    // earlier holder, before every later one (a false condition gives the
+    // mutex up inside the library, with no Unlock call to annotate).
+    __tsan_acquire(self->mu);
+    const bool result = self->cond->Eval();
+    __tsan_release(self->mu);
+    return result;
+  }
+  absl::Condition condition() {
+    __tsan_release(this);
+    return absl::Condition(&Eval, this);
+  }
+};
+
 // Resolves the real function once (thread-safe static init).
 #define REAL(type, cls, rest) \
   static const auto real = reinterpret_cast<type>(Real(cls, rest))
+
+// Runs before main(): see the comment at the top.
+const bool deadlock_detection_off = [] {
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  return true;
+}();
 
 }  // namespace
 
@@ -111,21 +152,24 @@ void Mutex::ReaderUnlock() {
 void Mutex::LockWhen(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&), "Mutex",
        "8LockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  AnnotatedCondition annotated{&cond, this};
+  real(this, annotated.condition());
   __tsan_acquire(this);
 }
 
 void Mutex::ReaderLockWhen(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&), "Mutex",
        "14ReaderLockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  AnnotatedCondition annotated{&cond, this};
+  real(this, annotated.condition());
   __tsan_acquire(this);
 }
 
 bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout) {
   REAL(bool (*)(Mutex*, const Condition&, Duration), "Mutex",
        "19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  const bool result = real(this, cond, timeout);
+  AnnotatedCondition annotated{&cond, this};
+  const bool result = real(this, annotated.condition(), timeout);
   __tsan_acquire(this);  // held whatever the result
   return result;
 }
@@ -133,7 +177,8 @@ bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout) {
 bool Mutex::LockWhenWithDeadline(const Condition& cond, Time deadline) {
   REAL(bool (*)(Mutex*, const Condition&, Time), "Mutex",
        "20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  const bool result = real(this, cond, deadline);
+  AnnotatedCondition annotated{&cond, this};
+  const bool result = real(this, annotated.condition(), deadline);
   __tsan_acquire(this);
   return result;
 }
@@ -141,7 +186,8 @@ bool Mutex::LockWhenWithDeadline(const Condition& cond, Time deadline) {
 bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond, Duration timeout) {
   REAL(bool (*)(Mutex*, const Condition&, Duration), "Mutex",
        "25ReaderLockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  const bool result = real(this, cond, timeout);
+  AnnotatedCondition annotated{&cond, this};
+  const bool result = real(this, annotated.condition(), timeout);
   __tsan_acquire(this);
   return result;
 }
@@ -149,7 +195,8 @@ bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond, Duration timeout) {
 bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond, Time deadline) {
   REAL(bool (*)(Mutex*, const Condition&, Time), "Mutex",
        "26ReaderLockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  const bool result = real(this, cond, deadline);
+  AnnotatedCondition annotated{&cond, this};
+  const bool result = real(this, annotated.condition(), deadline);
   __tsan_acquire(this);
   return result;
 }
@@ -157,7 +204,8 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond, Time deadline) {
 void Mutex::Await(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&), "Mutex", "5AwaitERKNS0_9ConditionE");
   __tsan_release(this);
-  real(this, cond);
+  AnnotatedCondition annotated{&cond, this};
+  real(this, annotated.condition());
   __tsan_acquire(this);
 }
 
@@ -165,7 +213,8 @@ bool Mutex::AwaitWithTimeout(const Condition& cond, Duration timeout) {
   REAL(bool (*)(Mutex*, const Condition&, Duration), "Mutex",
        "16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
   __tsan_release(this);
-  const bool result = real(this, cond, timeout);
+  AnnotatedCondition annotated{&cond, this};
+  const bool result = real(this, annotated.condition(), timeout);
   __tsan_acquire(this);
   return result;
 }
@@ -174,7 +223,8 @@ bool Mutex::AwaitWithDeadline(const Condition& cond, Time deadline) {
   REAL(bool (*)(Mutex*, const Condition&, Time), "Mutex",
        "17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
   __tsan_release(this);
-  const bool result = real(this, cond, deadline);
+  AnnotatedCondition annotated{&cond, this};
+  const bool result = real(this, annotated.condition(), deadline);
   __tsan_acquire(this);
   return result;
 }
