@@ -34,8 +34,8 @@ HostArenaOptions ArenaOptionsFor(const EngineOptions& options) {
   HostArenaOptions arena;
   const uint64_t budget_pages =
       (options.memory_budget_bytes + kHostPageBytes - 1) / kHostPageBytes;
-  arena.slab_bytes = std::min<uint64_t>(arena.slab_bytes,
-                                        budget_pages * kHostPageBytes);
+  arena.slab_bytes =
+      std::min<uint64_t>(arena.slab_bytes, budget_pages * kHostPageBytes);
   return arena;
 }
 
@@ -144,16 +144,21 @@ absl::StatusOr<AppendResult> EngineImpl::Append(
   AppendPersist persist;
   persist.enabled = level != Durability::kNone;
   persist.sync = level == Durability::kSync;
-  ASSIGN_OR_RETURN(Session::AppendOutcome outcome,
-                   spiller_.WithRoom(session.get(), [&] {
-                     return session->Append(
-                         layers, budget_,
-                         [&](const AppendCharge& charge) {
-                           return quotas_.ChargeAppend(tenant, session_id,
-                                                       charge);
-                         },
-                         persist);
-                   }));
+  ASSIGN_OR_RETURN(
+      Session::AppendOutcome outcome, spiller_.WithRoom(session.get(), [&] {
+        return session->Append(
+            layers, budget_,
+            [&](const AppendCharge& charge)
+                -> absl::StatusOr<std::function<void()>> {
+              ASSIGN_OR_RETURN(
+                  uint64_t before,
+                  quotas_.ChargeAppendRefundable(tenant, session_id, charge));
+              return [this, &tenant, &session_id, charge, before] {
+                quotas_.RefundAppend(tenant, session_id, charge, before);
+              };
+            },
+            persist);
+      }));
   session->Touch(NowUnixMs());
   for (uint32_t layer : outcome.index_layers) {
     builder_.Schedule(session, layer);
@@ -197,9 +202,9 @@ absl::StatusOr<uint64_t> EngineImpl::CloseSession(
     // Not synced: a crash before the WAL reaches the disk brings the
     // session back, which a client that saw no reply must expect anyway.
     if (absl::Status s = storage_->DeleteSession(session_id, false); !s.ok()) {
-      Log(absl::StrCat("session ", session_id,
-                       ": closed, but deleting its records failed: ",
-                       s.message()));
+      Log(absl::StrCat(
+          "session ", session_id,
+          ": closed, but deleting its records failed: ", s.message()));
     }
   }
   return freed;

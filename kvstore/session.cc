@@ -137,8 +137,7 @@ bool Session::NeedsBuild(const Layer& layer) const {
 
 absl::StatusOr<Session::AppendOutcome> Session::Append(
     absl::Span<const LayerAppend> layers, MemoryBudget& budget,
-    const std::function<absl::Status(const AppendCharge&)>& admit,
-    AppendPersist persist) {
+    const AppendAdmit& admit, AppendPersist persist) {
   const ModelShape& shape = options_.shape;
   // 1. Everything that does not depend on state, before taking any lock.
   if (absl::Status s = ValidateAppend(layers); !s.ok()) return s;
@@ -199,22 +198,17 @@ absl::StatusOr<Session::AppendOutcome> Session::Append(
     }
   }
 
-  // The storage write (ASYNC/SYNC), before the quota, which cannot be
-  // undone; a quota refusal deletes what was written.
-  if (persist.enabled) {
-    if (absl::Status s = PersistAppendLocked(layers, persist.sync); !s.ok()) {
-      for (const LayerAppend& la : layers) {
-        Layer& undo = *layers_[la.layer];
-        undo.mu.AssertHeld();
-        for (HeadStore& hs : undo.heads) hs.tokens.ReleaseUnused();
-      }
-      budget.Release(growth_bytes);
-      return s;
+  const auto release_chunks = [&] {
+    for (const LayerAppend& la : layers) {
+      Layer& undo = *layers_[la.layer];
+      undo.mu.AssertHeld();
+      for (HeadStore& hs : undo.heads) hs.tokens.ReleaseUnused();
     }
-  }
-
-  // The tenant's quota comes last: it commits its charge, and nothing
-  // after it can fail.
+    budget.Release(growth_bytes);
+  };
+  // The tenant's quota, before the storage write, so that nothing refused
+  // ever reaches the disk (a crash cannot bring it back).
+  std::function<void()> refund;
   if (admit) {
     AppendCharge charge;
     for (const LayerAppend& la : layers) {
@@ -222,14 +216,18 @@ absl::StatusOr<Session::AppendOutcome> Session::Append(
       charge.session_tokens = std::max<uint64_t>(
           charge.session_tokens, la.start_token + la.num_tokens);
     }
-    if (absl::Status s = admit(charge); !s.ok()) {
-      if (persist.enabled) UndoPersistAppend(layers);
-      for (const LayerAppend& la : layers) {
-        Layer& undo = *layers_[la.layer];
-        undo.mu.AssertHeld();
-        for (HeadStore& hs : undo.heads) hs.tokens.ReleaseUnused();
-      }
-      budget.Release(growth_bytes);
+    absl::StatusOr<std::function<void()>> admitted = admit(charge);
+    if (!admitted.ok()) {
+      release_chunks();
+      return admitted.status();
+    }
+    refund = *std::move(admitted);
+  }
+  // The storage write (ASYNC/SYNC): the last step that can fail.
+  if (persist.enabled) {
+    if (absl::Status s = PersistAppendLocked(layers, persist.sync); !s.ok()) {
+      if (refund) refund();
+      release_chunks();
       return s;
     }
   }

@@ -108,6 +108,11 @@ struct LayerView {
 };
 
 // How Session::Append persists (ASYNC: enabled; SYNC: enabled and sync).
+// Admits an append (Session::Append's `admit`): an error refuses it; on
+// success, the refund to call if the append fails after all.
+using AppendAdmit =
+    std::function<absl::StatusOr<std::function<void()>>(const AppendCharge&)>;
+
 struct AppendPersist {
   bool enabled = false;
   bool sync = false;
@@ -147,22 +152,23 @@ class Session {
   // max_tokens (ResourceExhausted), and reserves the bytes the new chunks
   // take in `budget` before allocating (ResourceExhausted). NotFound if the
   // session is closed. On error nothing changed.
-  // `admit`, when set, is the last check: it runs under the writer locks
-  // once everything else passed (budget reserved, chunks allocated), just
-  // before anything is copied, with what the append brings (the tenant's
-  // quota, tenant_quota.h); its error refuses the append, nothing changed.
+  // `admit`, when set, runs under the writer locks once the memory checks
+  // passed (budget reserved, chunks allocated), with what the append
+  // brings (the tenant's quota, tenant_quota.h); its error refuses the
+  // append, nothing changed. On success it returns a refund, called if the
+  // storage write below then fails.
   // With `persist` (ASYNC/SYNC, session_persist.cc), the append is written
-  // to storage under the writer locks after the memory checks and before
-  // `admit`: the request's K/V, any earlier tokens of those layers not
+  // to storage under the writer locks after `admit`, so nothing refused is
+  // ever on disk: the request's K/V, any earlier tokens of those layers not
   // written yet, and the session's meta the first time, as one atomic
   // batch (sync: WAL fsynced before it returns). A failed write refuses the
-  // append with nothing changed; a refusal by `admit` deletes what was
-  // written. Holding the writer locks across the write keeps a layer's
-  // records in token order; readers of those layers wait for it.
-  absl::StatusOr<AppendOutcome> Append(
-      absl::Span<const LayerAppend> layers, MemoryBudget& budget,
-      const std::function<absl::Status(const AppendCharge&)>& admit = nullptr,
-      AppendPersist persist = AppendPersist());
+  // append with nothing changed (the quota charge refunded). Nothing after
+  // the write can fail. Holding the writer locks across the write keeps a
+  // layer's records in token order; readers of those layers wait for it.
+  absl::StatusOr<AppendOutcome> Append(absl::Span<const LayerAppend> layers,
+                                       MemoryBudget& budget,
+                                       const AppendAdmit& admit = nullptr,
+                                       AppendPersist persist = AppendPersist());
 
   struct BuildReport {
     uint32_t blocks = 0;  // blocks clustered and installed
@@ -287,6 +293,14 @@ class Session {
   // holds, so this waits only for a spill or restore of it in progress.
   absl::Status RestoreIfSpilled(absl::FunctionRef<absl::Status()> restore);
 
+  // Registers this new, empty session as spilled with the metadata of
+  // `snapshot` (from Storage::LoadSession: token counts, indexed spans;
+  // persistent, every token durable), without loading its K/V: recovery
+  // of a session that does not fit the memory budget. The first access
+  // restores it from storage (RestoreIfSpilled), its index from the stored
+  // index record. REQUIRES: called before the session is shared.
+  void InitSpilled(const SessionSnapshot& snapshot);
+
   // --- Persistence (session_persist.cc) ---
 
   // Sets the store this session writes to (ASYNC/SYNC appends, index
@@ -367,8 +381,6 @@ class Session {
   // Append's storage write (see Append); `layers` validated.
   absl::Status PersistAppendLocked(absl::Span<const LayerAppend> layers,
                                    bool sync) ABSL_NO_THREAD_SAFETY_ANALYSIS;
-  // Deletes the chunks PersistAppendLocked wrote for `layers`.
-  void UndoPersistAppend(absl::Span<const LayerAppend> layers);
 
   // Holds the writer locks of a set of layers, taken in ascending order.
   class LayerWriteLocks;

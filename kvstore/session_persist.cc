@@ -171,18 +171,6 @@ absl::Status Session::PersistAppendLocked(absl::Span<const LayerAppend> layers,
   return absl::OkStatus();
 }
 
-void Session::UndoPersistAppend(absl::Span<const LayerAppend> layers) {
-  // Deletes the request's own chunks; the earlier tokens written with them
-  // are valid and stay (written_tokens does not count them: they are
-  // written again, to the same keys, by the next durable append).
-  StorageBatch batch = storage_->NewBatch();
-  for (const LayerAppend& la : layers) {
-    batch.DeleteTokenRange(id_, la.layer, la.start_token,
-                           la.start_token + la.num_tokens);
-  }
-  storage_->Write(batch, /*sync=*/false).IgnoreError();
-}
-
 absl::Status Session::PersistIndex(uint32_t layer_index) {
   if (storage_ == nullptr || !persistent()) return absl::OkStatus();
   const Layer& layer = *layers_[layer_index];

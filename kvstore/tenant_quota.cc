@@ -1,8 +1,10 @@
 #include "kvstore/tenant_quota.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace wavekv {
 namespace {
@@ -92,6 +94,42 @@ absl::Status TenantQuotas::ChargeAppend(const TenantId& tenant,
                                         const AppendCharge& charge) {
   absl::MutexLock lock(&mu_);
   return ChargeLocked(tenant, session_id, charge, /*check=*/true);
+}
+
+absl::StatusOr<uint64_t> TenantQuotas::ChargeAppendRefundable(
+    const TenantId& tenant, const std::string& session_id,
+    const AppendCharge& charge) {
+  absl::MutexLock lock(&mu_);
+  uint64_t before = 0;
+  if (const auto state = state_.find(tenant); state != state_.end()) {
+    const auto session = state->second.sessions.find(session_id);
+    if (session != state->second.sessions.end()) {
+      before = session->second.tokens;
+    }
+  }
+  RETURN_IF_ERROR(ChargeLocked(tenant, session_id, charge, /*check=*/true));
+  return before;
+}
+
+void TenantQuotas::RefundAppend(const TenantId& tenant,
+                                const std::string& session_id,
+                                const AppendCharge& charge,
+                                uint64_t tokens_before) {
+  absl::MutexLock lock(&mu_);
+  const auto state_it = state_.find(tenant);
+  if (state_it == state_.end()) return;
+  TenantState& state = state_it->second;
+  const auto it = state.sessions.find(session_id);
+  if (it == state.sessions.end()) return;
+  SessionCharge& session = it->second;
+  const uint64_t bytes = std::min(charge.kv_bytes, session.kv_bytes);
+  session.kv_bytes -= bytes;
+  state.usage.kv_bytes -= bytes;
+  if (session.tokens == charge.session_tokens &&
+      tokens_before < session.tokens) {
+    state.usage.tokens -= session.tokens - tokens_before;
+    session.tokens = tokens_before;
+  }
 }
 
 void TenantQuotas::ForceCharge(const TenantId& tenant,

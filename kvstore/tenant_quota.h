@@ -36,6 +36,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "kvstore/types.h"
 
@@ -99,6 +100,19 @@ class TenantQuotas {
   absl::Status ChargeAppend(const TenantId& tenant,
                             const std::string& session_id,
                             const AppendCharge& charge);
+
+  // ChargeAppend for an append that may still fail afterwards (a storage
+  // write): on success returns the session's charged length before this
+  // charge, for RefundAppend.
+  absl::StatusOr<uint64_t> ChargeAppendRefundable(const TenantId& tenant,
+                                                  const std::string& session_id,
+                                                  const AppendCharge& charge);
+
+  // Gives back a charge of ChargeAppendRefundable whose append then failed:
+  // its bytes, and its tokens if it still sets the session's length (a
+  // concurrent append to another layer that went further keeps its own).
+  void RefundAppend(const TenantId& tenant, const std::string& session_id,
+                    const AppendCharge& charge, uint64_t tokens_before);
 
   // Registers and charges without checking any quota (sessions restored
   // from disk, which were admitted before).

@@ -115,6 +115,26 @@ TEST(TenantQuotasTest, LoweredQuotaRefusesGrowthButTakesNothingAway) {
   EXPECT_TRUE(quotas.ChargeAppend("t", "s", {1000, 200}).ok());
 }
 
+TEST(TenantQuotasTest, RefundGivesBackAFailedAppendsCharge) {
+  TenantQuotas quotas;
+  quotas.Set({{"t", TenantQuota{.max_bytes = 1000, .max_tokens = 100}}});
+  ASSERT_TRUE(quotas.ChargeAppend("t", "s", {400, 40}).ok());
+  absl::StatusOr<uint64_t> before =
+      quotas.ChargeAppendRefundable("t", "s", {500, 90});
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_EQ(*before, 40u);
+  EXPECT_EQ(quotas.Usage("t").kv_bytes, 900u);
+  EXPECT_EQ(quotas.Usage("t").tokens, 90u);
+  // The write failed: everything the charge took comes back.
+  quotas.RefundAppend("t", "s", {500, 90}, *before);
+  EXPECT_EQ(quotas.Usage("t").kv_bytes, 400u);
+  EXPECT_EQ(quotas.Usage("t").tokens, 40u);
+  // A refusal charges nothing and needs no refund.
+  EXPECT_EQ(quotas.ChargeAppendRefundable("t", "s", {700, 50}).status().code(),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(quotas.Usage("t").kv_bytes, 400u);
+}
+
 TEST(TenantQuotasTest, ConcurrentChargesNeverExceedTheQuota) {
   TenantQuotas quotas;
   constexpr uint64_t kQuota = 10000;
