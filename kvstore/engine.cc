@@ -243,6 +243,7 @@ EngineStats EngineImpl::Stats() const {
     stats.storage_wal_syncs = storage_->wal_syncs();
   }
   stats.sessions_recovered = sessions_recovered_.load();
+  stats.sessions_recovered_spilled = sessions_recovered_spilled_.load();
   stats.sessions_unusable = sessions_unusable_.load();
   return stats;
 }

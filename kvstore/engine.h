@@ -135,11 +135,13 @@ struct EngineStats {
   uint64_t gpu_retrieve_fallbacks = 0;
   // Persistent tier (zero without one): writes that failed, of those for
   // lack of disk space, WAL fsyncs, and sessions found at Open (restored,
-  // and unusable because their records failed a check or did not fit).
+  // of those left on disk because the memory budget was full, and
+  // unusable because their records failed a check).
   uint64_t storage_write_errors = 0;
   uint64_t storage_no_space_errors = 0;
   uint64_t storage_wal_syncs = 0;
   uint64_t sessions_recovered = 0;
+  uint64_t sessions_recovered_spilled = 0;
   uint64_t sessions_unusable = 0;
   // Memory tiers (kvstore/spiller.h; zero without a persistent tier):
   // sessions spilled to disk to make room and the bytes that freed, spills
@@ -166,9 +168,12 @@ class Engine {
   // With a persistent tier, Open recovers every stored session before it
   // returns: same id, tenant, options, tokens and index (from the stored
   // index records; layers without one are rebuilt in the background), so
-  // Retrieve answers as before the restart. A session whose records fail
-  // their check is still listed (index_state FAILED, index_error says why)
-  // and every call on it answers DataLoss "session S: layer L chunk C:
+  // Retrieve answers as before the restart. Sessions that do not fit the
+  // memory budget are registered spilled (listed with their tokens, K/V
+  // left on disk) and restored on first access like any spilled session. A
+  // session whose records fail their check is still listed (index_state FAILED,
+  // index_error says why) and every call on it answers DataLoss "session S:
+  // layer L chunk C:
   // ..."; CloseSession removes it. Progress goes to on_recovery_log.
   static absl::StatusOr<std::unique_ptr<Engine>> Open(
       const EngineOptions& options);

@@ -127,6 +127,8 @@ class EngineImpl final : public Engine {
   // Persistence counters and the ASYNC flusher.
   std::atomic<uint64_t> sessions_recovered_{0};
   std::atomic<uint64_t> sessions_unusable_{0};
+  // Of sessions_recovered_, those registered spilled (budget full at Open).
+  std::atomic<uint64_t> sessions_recovered_spilled_{0};
   absl::Mutex flush_mu_;
   bool stop_flusher_ ABSL_GUARDED_BY(flush_mu_) = false;
   std::thread flusher_;

@@ -57,10 +57,11 @@ absl::Status EngineImpl::OpenStorage() {
     }
   }
   Log(absl::StrFormat(
-      "recovery: done in %.3f s: %d sessions restored, %d unusable, %d "
-      "bytes of K/V in memory",
+      "recovery: done in %.3f s: %d sessions restored (%d of them left on "
+      "disk until accessed), %d unusable, %d bytes of K/V in memory",
       absl::ToDoubleSeconds(absl::Now() - start), sessions_recovered_.load(),
-      sessions_unusable_.load(), budget_.used_bytes()));
+      sessions_recovered_spilled_.load(), sessions_unusable_.load(),
+      budget_.used_bytes()));
 
   flusher_ = std::thread([this] { FlushLoop(); });
   return absl::OkStatus();
@@ -78,17 +79,27 @@ void EngineImpl::RecoverSession(const Storage::MetaEntry& entry) {
   }
   const SessionMeta& meta = *entry.meta;
   const absl::Time start = absl::Now();
-  auto session =
-      std::make_shared<Session>(meta.session_id, meta.tenant, meta.options,
-                                meta.max_tokens, meta.created_unix_ms);
+  auto session = std::make_shared<Session>(
+      meta.session_id, meta.tenant, meta.options, meta.max_tokens,
+      meta.created_unix_ms, ChunkGeometry{}, &arena_);
   session->AttachStorage(storage_.get());
+  // Read in full even when it will not stay in memory: every record's
+  // checksum is verified here, so a damaged session is reported at Open.
+  // Only this one snapshot is held outside the budget at a time.
   absl::StatusOr<SessionSnapshot> snapshot = storage_->LoadSession(meta);
   std::vector<uint32_t> build_layers;
+  bool spilled = false;
   if (snapshot.ok()) {
     absl::StatusOr<std::vector<uint32_t>> restored =
         session->Restore(*snapshot, budget_);
     if (restored.ok()) {
       build_layers = *std::move(restored);
+    } else if (Spiller::IsBudgetFull(restored.status())) {
+      // Does not fit the memory budget now: registered as spilled (its
+      // records are on disk), restored on first access like any spilled
+      // session, with its index from the stored index record.
+      session->InitSpilled(*snapshot);
+      spilled = true;
     } else {
       session->MarkUnusable(restored.status());
     }
@@ -120,11 +131,16 @@ void EngineImpl::RecoverSession(const Storage::MetaEntry& entry) {
   }
   quotas_.ForceCharge(meta.tenant, meta.session_id, charge);
   sessions_recovered_.fetch_add(1);
+  if (spilled) sessions_recovered_spilled_.fetch_add(1);
   Log(absl::StrFormat(
       "recovery: session %s (tenant %s): %d layers, %d tokens (%d indexed "
-      "from stored indexes, %d layers to index in the background) in %.3f s",
+      "from stored indexes, %d layers to index in the background)%s in %.3f "
+      "s",
       meta.session_id, meta.tenant, snapshot->layers.size(), tokens, indexed,
-      build_layers.size(), absl::ToDoubleSeconds(absl::Now() - start)));
+      build_layers.size(),
+      spilled ? ", left on disk (memory budget full; restored on first access)"
+              : "",
+      absl::ToDoubleSeconds(absl::Now() - start)));
   for (uint32_t layer : build_layers) builder_.Schedule(session, layer);
 }
 

@@ -133,4 +133,27 @@ absl::Status Session::RestoreIfSpilled(
   return absl::OkStatus();
 }
 
+void Session::InitSpilled(const SessionSnapshot& snapshot) {
+  uint64_t bytes = 0;
+  for (size_t l = 0; l < layers_.size() && l < snapshot.layers.size(); ++l) {
+    const LayerSnapshot& ls = snapshot.layers[l];
+    Layer& layer = *layers_[l];
+    absl::MutexLock lock(&layer.mu);
+    layer.num_tokens.store(ls.num_tokens, std::memory_order_release);
+    layer.written_tokens.store(ls.num_tokens, std::memory_order_release);
+    layer.durable_tokens.store(ls.num_tokens, std::memory_order_release);
+    if (!ls.indexes.empty()) {
+      layer.indexed = ls.indexes[0]->indexed_span();
+      layer.indexed_tokens.store(layer.indexed.num_tokens(),
+                                 std::memory_order_release);
+    }
+    // What it will hold once restored, roughly: its K/V and indexes.
+    bytes += ls.keys.size() + ls.values.size();
+    for (const auto& index : ls.indexes) bytes += index->memory_bytes();
+  }
+  meta_persisted_.store(true, std::memory_order_release);
+  spilled_bytes_.store(bytes, std::memory_order_release);
+  spilled_.store(true, std::memory_order_release);
+}
+
 }  // namespace wavekv

@@ -226,6 +226,88 @@ TEST_F(SpillTest, WorkingSetLargerThanBudgetSpillsAndRestoresBitExact) {
   EXPECT_EQ(stats.spilled_sessions, 0u);
 }
 
+TEST_F(SpillTest, RestartWithMoreOnDiskThanTheBudgetRestoresOnAccess) {
+  // Six sessions of ~0.45 MiB against a 1 MiB budget, persisted at
+  // shutdown; the restarted engine cannot hold them all.
+  struct Held {
+    TenantId tenant;
+    std::string id;
+    std::vector<SessionResult> exact, wave;  // per layer, before the restart
+  };
+  std::vector<Held> sessions;
+  OpenEngine("restart_over_budget");
+  for (uint32_t i = 0; i < 6; ++i) {
+    Held s;
+    s.tenant = i % 2 == 0 ? "t-even" : "t-odd";
+    s.id = NewFilledSession(s.tenant, i);
+    for (uint32_t l = 0; l < kLayers; ++l) {
+      s.exact.push_back(Answer(s.tenant, s.id, l, RetrieveMode::kExact)[0]);
+      s.wave.push_back(Answer(s.tenant, s.id, l, RetrieveMode::kWave)[0]);
+    }
+    sessions.push_back(std::move(s));
+  }
+  engine_.reset();  // shutdown persists every session
+
+  // Shared: the engine (a member) logs at shutdown, after this scope.
+  auto log = std::make_shared<std::vector<std::string>>();
+  EngineOptions o = SpillOptions(TestDir("restart_over_budget"));
+  o.on_recovery_log = [log](const std::string& line) { log->push_back(line); };
+  auto engine = Engine::Open(o);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  engine_ = *std::move(engine);
+  EngineStats stats = engine_->Stats();
+  EXPECT_EQ(stats.sessions, 6u);
+  EXPECT_EQ(stats.sessions_recovered, 6u);
+  EXPECT_EQ(stats.sessions_recovered_spilled, stats.spilled_sessions);
+  EXPECT_EQ(stats.sessions_unusable, 0u);
+  EXPECT_GT(stats.spilled_sessions, 0u);
+  EXPECT_LT(stats.spilled_sessions, 6u);
+  EXPECT_LE(stats.memory_bytes, kBudget);
+  bool logged = false;
+  for (const std::string& line : *log) {
+    logged |= line.find("left on disk") != std::string::npos;
+  }
+  EXPECT_TRUE(logged);
+
+  // Spilled ones are listed with their tokens (GetSession is no access).
+  for (const Held& s : sessions) {
+    auto info = engine_->GetSession(s.tenant, s.id);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->num_tokens, kTokens);
+    EXPECT_EQ(info->durable_tokens, kTokens);
+  }
+  // Every session answers bit-exactly as before the restart (its index
+  // from the stored record), twice over, within the budget throughout.
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const Held& s : sessions) {
+      for (uint32_t l = 0; l < kLayers; ++l) {
+        std::vector<SessionResult> exact =
+            Answer(s.tenant, s.id, l, RetrieveMode::kExact);
+        ASSERT_EQ(exact.size(), 1u);
+        ExpectSameAnswer(exact[0], s.exact[l]);
+        std::vector<SessionResult> wave =
+            Answer(s.tenant, s.id, l, RetrieveMode::kWave);
+        ASSERT_EQ(wave.size(), 1u);
+        ExpectSameAnswer(wave[0], s.wave[l]);
+      }
+    }
+  }
+  EXPECT_GT(engine_->Stats().restores, 0u);
+  EXPECT_EQ(engine_->Stats().restore_failures, 0u);
+  EXPECT_LE(max_memory_, kBudget);
+
+  // A session recovered spilled takes appends after its restore.
+  const Held& last = sessions.back();
+  std::vector<LayerData> data;
+  std::vector<LayerAppend> appends;
+  for (uint32_t l = 0; l < kLayers; ++l) data.emplace_back(5, l, kTokens, 10);
+  for (const LayerData& d : data) appends.push_back(d.append);
+  auto r = engine_->Append(last.tenant, last.id, appends);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->num_tokens, kTokens + 10);
+  ExpectWithinBudget();
+}
+
 TEST_F(SpillTest, NothingToSpillIsResourceExhaustedNamingTheBudget) {
   OpenEngine("nothing_to_spill");
   auto info = engine_->CreateSession("t", IndexedFp32());
