@@ -199,9 +199,14 @@ absl::StatusOr<uint64_t> EngineImpl::CloseSession(
   quotas_.ReleaseSession(tenant, session_id);
   if (storage_ != nullptr &&
       (session->persistent() || !session->unusable().ok())) {
-    // Not synced: a crash before the WAL reaches the disk brings the
-    // session back, which a client that saw no reply must expect anyway.
-    if (absl::Status s = storage_->DeleteSession(session_id, false); !s.ok()) {
+    // Synced when the session promised durability (its level, or tokens
+    // already durable): acknowledged durable data must not come back after
+    // a crash once its close was acknowledged. Otherwise not synced: a
+    // crash may bring back what was only a cache, as it may bring back a
+    // session whose close got no reply.
+    const bool sync = session->options().durability != Durability::kNone ||
+                      session->durable_tokens() > 0;
+    if (absl::Status s = storage_->DeleteSession(session_id, sync); !s.ok()) {
       Log(absl::StrCat(
           "session ", session_id,
           ": closed, but deleting its records failed: ", s.message()));
@@ -227,6 +232,11 @@ EngineStats EngineImpl::Stats() const {
     ++stats.sessions;
     stats.tokens += session->num_tokens() * session->shape().num_layers;
     stats.indexed_tokens += session->indexed_tokens();
+    if (session->options().durability != Durability::kNone) {
+      const uint64_t tokens = session->num_tokens();
+      const uint64_t durable = session->durable_tokens();
+      if (tokens > durable) stats.durable_lag_tokens += tokens - durable;
+    }
   }
   builder_.AddStats(stats);
   if (gpu_ != nullptr) gpu_->AddStats(stats);
@@ -241,6 +251,8 @@ EngineStats EngineImpl::Stats() const {
     stats.storage_write_errors = storage_->write_errors();
     stats.storage_no_space_errors = storage_->no_space_errors();
     stats.storage_wal_syncs = storage_->wal_syncs();
+    stats.storage_write_ops = storage_->write_ops();
+    stats.storage_bytes_written = storage_->bytes_written();
   }
   stats.sessions_recovered = sessions_recovered_.load();
   stats.sessions_recovered_spilled = sessions_recovered_spilled_.load();

@@ -140,6 +140,13 @@ struct EngineStats {
   uint64_t storage_write_errors = 0;
   uint64_t storage_no_space_errors = 0;
   uint64_t storage_wal_syncs = 0;
+  // Write/WAL-sync calls (the denominator of storage_write_errors) and the
+  // bytes written by the successful ones.
+  uint64_t storage_write_ops = 0;
+  uint64_t storage_bytes_written = 0;
+  // Tokens appended to ASYNC/SYNC sessions but not yet durable: sum over
+  // those sessions of num_tokens - durable_tokens (per-layer minima).
+  uint64_t durable_lag_tokens = 0;
   uint64_t sessions_recovered = 0;
   uint64_t sessions_recovered_spilled = 0;
   uint64_t sessions_unusable = 0;
@@ -171,10 +178,10 @@ class Engine {
   // Retrieve answers as before the restart. Sessions that do not fit the
   // memory budget are registered spilled (listed with their tokens, K/V
   // left on disk) and restored on first access like any spilled session. A
-  // session whose records fail their check is still listed (index_state FAILED,
-  // index_error says why) and every call on it answers DataLoss "session S:
-  // layer L chunk C:
-  // ..."; CloseSession removes it. Progress goes to on_recovery_log.
+  // session whose records fail their check is still listed (index_state
+  // FAILED, index_error says why) and every call on it answers DataLoss
+  // "session S: layer L chunk C: ..."; CloseSession removes it. Progress
+  // goes to on_recovery_log.
   static absl::StatusOr<std::unique_ptr<Engine>> Open(
       const EngineOptions& options);
 
@@ -261,7 +268,10 @@ class Engine {
       const TenantId& tenant, uint32_t page_size,
       const std::string& page_token) = 0;
 
-  // Closes the session and frees its memory; returns the bytes freed.
+  // Closes the session and frees its memory; returns the bytes freed. With
+  // a persistent tier its records are deleted; for an ASYNC/SYNC session
+  // (or one with durable tokens) the deletion is fsynced before this
+  // returns, so a closed durable session never comes back after a crash.
   virtual absl::StatusOr<uint64_t> CloseSession(
       const TenantId& tenant, const std::string& session_id) = 0;
 

@@ -267,6 +267,25 @@ Fixture Populate(Engine& engine) {
   return f;
 }
 
+TEST(EnginePersistTest, ClosingADurableSessionSyncsItsDeletion) {
+  const std::string dir = FreshDir("close_sync");
+  {
+    auto engine = Engine::Open(Options(dir));
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    auto s = (*engine)->CreateSession(kTenant, Indexed(Durability::kSync));
+    ASSERT_TRUE(s.ok()) << s.status();
+    auto r = AppendAll(**engine, s->session_id, 1, 0, 8);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const uint64_t before = (*engine)->Stats().storage_wal_syncs;
+    ASSERT_TRUE((*engine)->CloseSession(kTenant, s->session_id).ok());
+    // The deletion is acknowledged only after its WAL record is fsynced.
+    EXPECT_GT((*engine)->Stats().storage_wal_syncs, before);
+  }
+  auto engine = Engine::Open(Options(dir));
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  EXPECT_EQ((*engine)->Stats().sessions, 0u);
+}
+
 TEST(EnginePersistTest, ReopenRecoversEverySessionWithIdenticalAnswers) {
   const std::string dir = FreshDir("reopen");
   Fixture f;

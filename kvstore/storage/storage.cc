@@ -249,15 +249,18 @@ absl::Status Storage::ResumeIfNeeded() {
 
 absl::Status Storage::Write(StorageBatch& batch, bool sync) {
   if (batch.empty()) return absl::OkStatus();
+  write_ops_.fetch_add(1, std::memory_order_relaxed);
   if (absl::Status s = ResumeIfNeeded(); !s.ok()) return s;
   rocksdb::WriteOptions wo;
   wo.sync = sync;
   const rocksdb::Status s = db_->Write(wo, batch.batch_.get());
   if (!s.ok()) return WriteFailed(FromRocks(s, "storage: write"));
+  bytes_written_.fetch_add(batch.bytes(), std::memory_order_relaxed);
   return absl::OkStatus();
 }
 
 absl::Status Storage::SyncWal() {
+  write_ops_.fetch_add(1, std::memory_order_relaxed);
   if (absl::Status s = ResumeIfNeeded(); !s.ok()) return s;
   const rocksdb::Status s = db_->SyncWAL();
   if (!s.ok()) return WriteFailed(FromRocks(s, "storage: sync WAL"));

@@ -203,6 +203,10 @@ class Storage {
   // Writes that failed (any reason) and those that failed for disk space.
   uint64_t write_errors() const { return write_errors_.load(); }
   uint64_t no_space_errors() const { return no_space_errors_.load(); }
+  // Write and SyncWal calls (of non-empty batches): the denominator of
+  // write_errors. Bytes of the batches written successfully.
+  uint64_t write_ops() const { return write_ops_.load(); }
+  uint64_t bytes_written() const { return bytes_written_.load(); }
 
   // The database, for tests that rewrite raw values (corruption tests).
   rocksdb::DB* db_for_test() { return db_.get(); }
@@ -224,6 +228,8 @@ class Storage {
   absl::Status last_error_ ABSL_GUARDED_BY(resume_mu_);
   std::atomic<uint64_t> write_errors_{0};
   std::atomic<uint64_t> no_space_errors_{0};
+  std::atomic<uint64_t> write_ops_{0};
+  std::atomic<uint64_t> bytes_written_{0};
 };
 
 }  // namespace wavekv
