@@ -13,6 +13,22 @@
 //   wavekv_index_build_seconds_total            counters from Engine::Stats()
 //   wavekv_up                                   gauge, 1 while serving
 //   wavekv_gpu_enabled                          gauge, 1 on the GPU backend
+// Memory tiers and the persistent tier (EngineStats; counters follow the
+// engine's totals, each with its denominator so ratios can be computed):
+//   wavekv_sessions_by_tier{tier="memory|disk"} gauge
+//   wavekv_spilled_bytes                        gauge (held by spilled ones)
+//   wavekv_spills_total, wavekv_spill_failures_total (attempts = sum),
+//   wavekv_spilled_bytes_total,
+//   wavekv_restores_total, wavekv_restore_failures_total (attempts = sum)
+//   wavekv_storage_write_ops_total              counter (writes + WAL syncs)
+//   wavekv_storage_write_errors_total{kind="no_space|other"}  counter
+//   wavekv_storage_bytes_written_total, wavekv_storage_wal_syncs_total
+//   wavekv_durable_lag_tokens                   gauge (ASYNC not yet durable)
+//   wavekv_recovered_sessions{state="memory|disk|unusable"}  gauge (at Open)
+//   wavekv_arena_reserved_bytes, wavekv_arena_locked_bytes,
+//   wavekv_arena_fragmentation                  gauges
+//   wavekv_gpu_index_blocks_total, wavekv_gpu_build_fallbacks_total,
+//   wavekv_gpu_retrieve_calls_total, wavekv_gpu_retrieve_fallbacks_total
 //
 // Engine gauges are refreshed at scrape time: expose a
 // RefreshingCollectable (which calls SetEngineStats before collecting)
@@ -109,6 +125,42 @@ class ServerMetrics {
       ABSL_GUARDED_BY(engine_counters_mu_);
   prometheus::Gauge& up_;
   prometheus::Gauge& gpu_enabled_;
+
+  // Tiers, storage and GPU (see the list above). Families with labels
+  // first: their series below are initialised from them.
+  prometheus::Family<prometheus::Gauge>& sessions_by_tier_;
+  prometheus::Family<prometheus::Gauge>& recovered_sessions_;
+  prometheus::Family<prometheus::Counter>& storage_write_errors_;
+  prometheus::Gauge& sessions_in_memory_;
+  prometheus::Gauge& sessions_on_disk_;
+  prometheus::Gauge& spilled_bytes_;
+  prometheus::Gauge& durable_lag_tokens_;
+  prometheus::Gauge& recovered_memory_;
+  prometheus::Gauge& recovered_disk_;
+  prometheus::Gauge& recovered_unusable_;
+  prometheus::Gauge& arena_reserved_bytes_;
+  prometheus::Gauge& arena_locked_bytes_;
+  prometheus::Gauge& arena_fragmentation_;
+  prometheus::Counter& spills_ ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& spill_failures_ ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& spilled_bytes_total_
+      ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& restores_ ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& restore_failures_ ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& storage_write_ops_ ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& storage_no_space_errors_
+      ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& storage_other_errors_
+      ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& storage_bytes_written_
+      ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& storage_wal_syncs_ ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& gpu_index_blocks_ ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& gpu_build_fallbacks_
+      ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& gpu_retrieve_calls_ ABSL_GUARDED_BY(engine_counters_mu_);
+  prometheus::Counter& gpu_retrieve_fallbacks_
+      ABSL_GUARDED_BY(engine_counters_mu_);
 };
 
 // A Collectable that runs `refresh` (e.g. copying Engine::Stats() into the

@@ -105,6 +105,74 @@ TEST(MetricsTest, RefreshingCollectableCopiesEngineStatsAtScrape) {
   EXPECT_THAT(Lines(RenderMetricsText(exposed)), Contains("wavekv_up 0"));
 }
 
+TEST(MetricsTest, TierStorageAndGpuStatsWithTheirDenominators) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  ServerMetrics metrics(*registry);
+  EngineStats stats;
+  stats.sessions = 10;
+  stats.spilled_sessions = 4;
+  stats.spilled_bytes = 4096;
+  stats.spills = 7;
+  stats.spill_failures = 1;
+  stats.spilled_bytes_total = 9000;
+  stats.restores = 3;
+  stats.restore_failures = 2;
+  stats.storage_write_ops = 100;
+  stats.storage_write_errors = 5;
+  stats.storage_no_space_errors = 3;
+  stats.storage_bytes_written = 123456;
+  stats.storage_wal_syncs = 40;
+  stats.durable_lag_tokens = 17;
+  stats.sessions_recovered = 6;
+  stats.sessions_recovered_spilled = 2;
+  stats.sessions_unusable = 1;
+  stats.gpu_index_blocks = 11;
+  stats.gpu_build_fallbacks = 1;
+  stats.gpu_retrieve_calls = 20;
+  stats.gpu_retrieve_fallbacks = 2;
+  stats.arena_reserved_bytes = 1 << 26;
+  metrics.SetEngineStats(stats);
+  std::vector<std::string> lines = Lines(RenderMetricsText(*registry));
+  EXPECT_THAT(lines, Contains("wavekv_sessions_by_tier{tier=\"memory\"} 6"));
+  EXPECT_THAT(lines, Contains("wavekv_sessions_by_tier{tier=\"disk\"} 4"));
+  EXPECT_THAT(lines, Contains("wavekv_spilled_bytes 4096"));
+  EXPECT_THAT(lines, Contains("# TYPE wavekv_spills_total counter"));
+  EXPECT_THAT(lines, Contains("wavekv_spills_total 7"));
+  EXPECT_THAT(lines, Contains("wavekv_spill_failures_total 1"));
+  EXPECT_THAT(lines, Contains("wavekv_spilled_bytes_total 9000"));
+  EXPECT_THAT(lines, Contains("wavekv_restores_total 3"));
+  EXPECT_THAT(lines, Contains("wavekv_restore_failures_total 2"));
+  EXPECT_THAT(lines, Contains("wavekv_storage_write_ops_total 100"));
+  EXPECT_THAT(lines, Contains("wavekv_storage_write_errors_total{kind="
+                              "\"no_space\"} 3"));
+  EXPECT_THAT(lines, Contains("wavekv_storage_write_errors_total{kind="
+                              "\"other\"} 2"));
+  EXPECT_THAT(lines, Contains("wavekv_storage_bytes_written_total 123456"));
+  EXPECT_THAT(lines, Contains("wavekv_storage_wal_syncs_total 40"));
+  EXPECT_THAT(lines, Contains("wavekv_durable_lag_tokens 17"));
+  EXPECT_THAT(lines, Contains("wavekv_recovered_sessions{state=\"memory\"} 4"));
+  EXPECT_THAT(lines, Contains("wavekv_recovered_sessions{state=\"disk\"} 2"));
+  EXPECT_THAT(lines,
+              Contains("wavekv_recovered_sessions{state=\"unusable\"} 1"));
+  EXPECT_THAT(lines, Contains("wavekv_arena_reserved_bytes 67108864"));
+  EXPECT_THAT(lines, Contains("wavekv_gpu_index_blocks_total 11"));
+  EXPECT_THAT(lines, Contains("wavekv_gpu_build_fallbacks_total 1"));
+  EXPECT_THAT(lines, Contains("wavekv_gpu_retrieve_calls_total 20"));
+  EXPECT_THAT(lines, Contains("wavekv_gpu_retrieve_fallbacks_total 2"));
+
+  // Counters follow the engine's totals; gauges follow its state.
+  stats.spills = 9;
+  stats.storage_write_errors = 6;  // one more "other"
+  stats.spilled_sessions = 0;
+  metrics.SetEngineStats(stats);
+  lines = Lines(RenderMetricsText(*registry));
+  EXPECT_THAT(lines, Contains("wavekv_spills_total 9"));
+  EXPECT_THAT(lines, Contains("wavekv_storage_write_errors_total{kind="
+                              "\"other\"} 3"));
+  EXPECT_THAT(lines, Contains("wavekv_sessions_by_tier{tier=\"memory\"} 10"));
+  EXPECT_THAT(lines, Contains("wavekv_sessions_by_tier{tier=\"disk\"} 0"));
+}
+
 TEST(MetricsTest, ConcurrentRecordingCountsEveryCall) {
   auto registry = std::make_shared<prometheus::Registry>();
   ServerMetrics metrics(*registry);
