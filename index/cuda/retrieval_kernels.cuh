@@ -20,6 +20,10 @@ namespace wavekv::cuda::retrieval {
 // clusters per block of the tail kernel.
 inline constexpr int kLogitTile = 256;
 inline constexpr int kScoreTile = 1024;
+// Up to this many clusters per problem the select kernel computes the
+// score keys itself (one launch fewer; latency-bound sizes); larger indexes
+// get the many-block score kernel (one select block would read all logits).
+inline constexpr uint32_t kFusedScoreMaxClusters = 16384;
 inline constexpr int kTailChunk = 128;
 // Radix digits over the 32-bit score key: bits 31..21, 20..10, 9..0.
 inline constexpr int kHist0Bins = 2048;
@@ -38,10 +42,12 @@ struct Layout {
   size_t total;
 };
 
-// Counters after the first histogram: [0] non-empty clusters, [1] actual
-// estimation zone size (written by the select kernel).
+// Counters after the first histogram (all zeroed by the logits kernel):
+// non-empty clusters (score kernel), actual estimation zone size (select
+// kernel), tail blocks done (the last one merges the chunks' partials).
 inline constexpr int kCounterNonEmpty = kHist0Bins;
 inline constexpr int kCounterEstimation = kHist0Bins + 1;
+inline constexpr int kCounterTailDone = kHist0Bins + 2;
 inline constexpr int kHistWords = kHist0Bins + 32;
 
 __host__ __device__ inline size_t AlignUp(size_t x) {
@@ -120,13 +126,17 @@ struct Load8<float> {
 // Logits + per-tile softmax statistics, zeroes the histogram.
 int LaunchLogits(const RetrievalArgs& a, uint32_t max_clusters,
                  cudaStream_t stream);
-// Group scores, score keys, first radix histogram, non-empty count.
+// Group scores, score keys, first radix histogram, non-empty count (only
+// when the select kernel does not score: max_clusters >
+// kFusedScoreMaxClusters).
 int LaunchScores(const RetrievalArgs& a, uint32_t max_clusters,
                  cudaStream_t stream);
-// Zones (radix select + ordered collection + best-first sort).
+// Zones (radix select + ordered collection + best-first sort); scores the
+// clusters first when `fused_scores`.
 int LaunchSelect(const RetrievalArgs& a, uint32_t max_retrieval,
-                 cudaStream_t stream);
-// Tail statistics over the estimation zone (split + merge).
+                 bool fused_scores, cudaStream_t stream);
+// Tail statistics over the estimation zone (split; the last block of each
+// problem merges).
 int LaunchTail(const RetrievalArgs& a, uint32_t max_estimation,
                cudaStream_t stream);
 

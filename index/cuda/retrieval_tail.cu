@@ -6,8 +6,9 @@
 // weights e^{l_c - m} and Σ s_c e^{l_c - m}; then every value-sum row of the
 // chunk is read once (kLanes = head_dim / 4 threads, 16-byte loads) and
 // applied to all heads of the group. One partial (m, den, num[d]) per
-// (chunk, head). Merge kernel: one block per (head, problem) combines the
-// chunks with a log-sum-exp rescale.
+// (chunk, head). The last block of a problem to finish (a counter in the
+// workspace, zeroed by the logits kernel) combines the chunks of every head
+// with a log-sum-exp rescale, so the merge costs no launch of its own.
 #include <cfloat>
 #include <cstdint>
 
@@ -25,17 +26,14 @@ __device__ __forceinline__ float* TailSlot(void* ws, const Layout& lay,
          (static_cast<size_t>(chunk) * group + h) * (head_dim + 2);
 }
 
+// One chunk's partial for every head (the whole block calls it).
 template <int D, int G>
-__global__ void __launch_bounds__(kThreads) TailKernel(RetrievalArgs a) {
+__device__ void TailChunk(const RetrievalProblem& p, const Layout& lay,
+                          int group, uint32_t zone) {
   constexpr int kLanes = D / 4;
   constexpr int kRowGroups = kThreads / kLanes;
-  const RetrievalProblem p = a.device_problems[blockIdx.y];
   const uint32_t k = p.num_clusters;
-  const int group = a.group_size;
-  const Layout lay = MakeLayout(k, group, D);
-  const uint32_t zone = At<uint32_t>(p.workspace, lay.hist)[kCounterEstimation];
   const uint32_t begin = blockIdx.x * kTailChunk;
-  if (k == 0 || begin >= zone) return;  // uniform across the block
   const uint32_t n = min(static_cast<uint32_t>(kTailChunk), zone - begin);
 
   __shared__ uint32_t s_id[kTailChunk];
@@ -113,85 +111,106 @@ __global__ void __launch_bounds__(kThreads) TailKernel(RetrievalArgs a) {
   }
 }
 
-constexpr int kMergeThreads = 256;
-
-// Block-wide max or sum of `v` (every thread gets the result).
-template <bool kMax>
-__device__ float BlockReduce(float v, float* s_red) {
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) {
-    const float o = __shfl_xor_sync(0xffffffffu, v, off);
-    v = kMax ? fmaxf(v, o) : v + o;
-  }
-  if (threadIdx.x % 32 == 0) s_red[threadIdx.x / 32] = v;
-  __syncthreads();
-  float r = s_red[0];
-  for (int w = 1; w < kMergeThreads / 32; ++w) {
-    r = kMax ? fmaxf(r, s_red[w]) : r + s_red[w];
-  }
-  __syncthreads();  // s_red may be reused
-  return r;
-}
-
-// One block per (head, problem): the chunks' (max, den) are combined by the
-// whole block; then each thread owns dims and sums the chunks' numerators
-// with the weights staged in shared memory (independent loads in flight).
-__global__ void __launch_bounds__(kMergeThreads)
-    TailMergeKernel(RetrievalArgs a) {
-  __shared__ float s_red[kMergeThreads / 32];
-  __shared__ float s_w[kMergeThreads];
-  const int h = blockIdx.x;
-  const RetrievalProblem p = a.device_problems[blockIdx.y];
-  const int group = a.group_size, d = a.head_dim;
-  const uint32_t k = p.num_clusters;
-  const Layout lay = MakeLayout(k, group, d);
-  const uint32_t zone =
-      k == 0 ? 0 : At<uint32_t>(p.workspace, lay.hist)[kCounterEstimation];
+// The last block of a problem: per head, the chunks' maxima (warp h), then
+// in rounds of 32 chunks their weights e^{m_c - m} (warp h) and the
+// numerators (the block over (head, dim)). Partials are read with __ldcg:
+// other blocks wrote them (published by their fence before the counter).
+template <int D, int G>
+__device__ void MergeChunks(const RetrievalProblem& p, const Layout& lay,
+                            int group, uint32_t zone) {
+  constexpr int kPer = (G * D + kThreads - 1) / kThreads;
+  __shared__ float s_mm[G];
+  __shared__ float s_w[G][32];
   const uint32_t chunks = (zone + kTailChunk - 1) / kTailChunk;
-  float m = -INFINITY;
-  for (uint32_t c = threadIdx.x; c < chunks; c += kMergeThreads) {
-    const float* slot = TailSlot(p.workspace, lay, c, group, h, d);
-    if (slot[1] > 0.f) m = fmaxf(m, slot[0]);
+  const int warp = threadIdx.x / 32, wl = threadIdx.x % 32;
+  if (warp < group) {
+    float m = -INFINITY;
+    for (uint32_t c = wl; c < chunks; c += 32) {
+      const float* slot = TailSlot(p.workspace, lay, c, group, warp, D);
+      if (__ldcg(slot + 1) > 0.f) m = fmaxf(m, __ldcg(slot));
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2)
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    if (wl == 0) s_mm[warp] = m;
   }
-  const float mm = BlockReduce<true>(m, s_red);
-  float den = 0.f;
-  float num[2] = {0.f, 0.f};  // dims threadIdx.x and + kMergeThreads
-  for (uint32_t base = 0; base < chunks; base += kMergeThreads) {
-    const uint32_t c = base + threadIdx.x;
-    float w = 0.f;
-    if (c < chunks) {
-      const float* slot = TailSlot(p.workspace, lay, c, group, h, d);
-      if (slot[1] > 0.f) {
-        w = __expf(slot[0] - mm);
-        den = fmaf(slot[1], w, den);
+  float den = 0.f;  // warp h's lanes: head h
+  float num[kPer];
+#pragma unroll
+  for (int r = 0; r < kPer; ++r) num[r] = 0.f;
+  const size_t stride = static_cast<size_t>(group) * (D + 2);
+  for (uint32_t base = 0; base < chunks; base += 32) {
+    __syncthreads();  // s_mm ready; s_w free
+    if (warp < group) {
+      const uint32_t c = base + wl;
+      float w = 0.f;
+      if (c < chunks) {
+        const float* slot = TailSlot(p.workspace, lay, c, group, warp, D);
+        const float cden = __ldcg(slot + 1);
+        if (cden > 0.f) {
+          w = __expf(__ldcg(slot) - s_mm[warp]);
+          den = fmaf(cden, w, den);
+        }
+      }
+      s_w[warp][wl] = w;
+    }
+    __syncthreads();
+    const uint32_t n = min(32u, chunks - base);
+#pragma unroll
+    for (int r = 0; r < kPer; ++r) {
+      const int idx = threadIdx.x + r * kThreads;
+      if (idx < group * D) {
+        const int h = idx / D, j = idx % D;
+        const float* col =
+            TailSlot(p.workspace, lay, base, group, h, D) + 2 + j;
+        float acc = 0.f;
+#pragma unroll 8
+        for (uint32_t i = 0; i < n; ++i) {
+          acc = fmaf(s_w[h][i], __ldcg(col + i * stride), acc);
+        }
+        num[r] += acc;
       }
     }
-    s_w[threadIdx.x] = w;
-    __syncthreads();
-    const uint32_t n = min(static_cast<uint32_t>(kMergeThreads), chunks - base);
+  }
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int j = threadIdx.x + r * kMergeThreads;
-      if (j >= d) break;
-      const float* col = TailSlot(p.workspace, lay, base, group, h, d) + 2 + j;
-      const size_t stride = static_cast<size_t>(group) * (d + 2);
-      float acc = 0.f;
-#pragma unroll 8
-      for (uint32_t i = 0; i < n; ++i) acc = fmaf(s_w[i], col[i * stride], acc);
-      num[r] += acc;
+  for (int r = 0; r < kPer; ++r) {
+    const int idx = threadIdx.x + r * kThreads;
+    if (idx < group * D) p.out_num[idx] = num[r];
+  }
+  __syncthreads();  // s_mm visible when no round ran
+  if (warp < group) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2)
+      den += __shfl_xor_sync(0xffffffffu, den, off);
+    if (wl == 0) {
+      p.out_max[warp] = den > 0.f ? s_mm[warp] : -INFINITY;
+      p.out_den[warp] = den;
     }
-    __syncthreads();
   }
-  den = BlockReduce<false>(den, s_red);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int j = threadIdx.x + r * kMergeThreads;
-    if (j < d) p.out_num[h * d + j] = num[r];
+}
+
+// Grid (max(1, chunks of the largest zone), problems).
+template <int D, int G>
+__global__ void __launch_bounds__(kThreads) TailKernel(RetrievalArgs a) {
+  __shared__ bool s_last;
+  const RetrievalProblem p = a.device_problems[blockIdx.y];
+  const uint32_t k = p.num_clusters;
+  const int group = a.group_size;
+  const Layout lay = MakeLayout(k, group, D);
+  uint32_t* counters = At<uint32_t>(p.workspace, lay.hist);
+  const uint32_t zone = k == 0 ? 0 : counters[kCounterEstimation];
+  if (blockIdx.x * kTailChunk < zone) {  // uniform across the block
+    TailChunk<D, G>(p, lay, group, zone);
   }
+  __threadfence();
+  __syncthreads();
   if (threadIdx.x == 0) {
-    p.out_max[h] = den > 0.f ? mm : -INFINITY;
-    p.out_den[h] = den;
+    s_last = atomicAdd(&counters[kCounterTailDone], 1u) == gridDim.x - 1;
   }
+  __syncthreads();
+  if (!s_last) return;  // uniform across the block
+  __threadfence();
+  MergeChunks<D, G>(p, lay, group, zone);
 }
 
 template <int D>
@@ -212,28 +231,20 @@ int LaunchTailTyped(const RetrievalArgs& a, dim3 grid, cudaStream_t s) {
 
 int LaunchTail(const RetrievalArgs& a, uint32_t max_estimation,
                cudaStream_t stream) {
-  if (max_estimation > 0) {
-    const dim3 grid((max_estimation + kTailChunk - 1) / kTailChunk,
-                    a.num_problems);
-    int err = 0;
-    switch (a.head_dim) {
-      case 64:
-        err = LaunchTailTyped<64>(a, grid, stream);
-        break;
-      case 128:
-        err = LaunchTailTyped<128>(a, grid, stream);
-        break;
-      case 256:
-        err = LaunchTailTyped<256>(a, grid, stream);
-        break;
-      default:
-        return static_cast<int>(cudaErrorInvalidValue);
-    }
-    if (err != 0) return err;
+  // At least one block per problem: the last block writes the partials,
+  // the empty partial for an empty zone.
+  const uint32_t chunks = (max_estimation + kTailChunk - 1) / kTailChunk;
+  const dim3 grid(chunks == 0 ? 1 : chunks, a.num_problems);
+  switch (a.head_dim) {
+    case 64:
+      return LaunchTailTyped<64>(a, grid, stream);
+    case 128:
+      return LaunchTailTyped<128>(a, grid, stream);
+    case 256:
+      return LaunchTailTyped<256>(a, grid, stream);
+    default:
+      return static_cast<int>(cudaErrorInvalidValue);
   }
-  const dim3 grid(a.group_size, a.num_problems);
-  TailMergeKernel<<<grid, kMergeThreads, 0, stream>>>(a);
-  return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace wavekv::cuda::retrieval
@@ -262,10 +273,13 @@ int LaunchRetrievalRaw(const RetrievalArgs& args, cudaStream_t stream) {
   if (int err = retrieval::LaunchLogits(args, max_k, stream); err != 0) {
     return err;
   }
-  if (int err = retrieval::LaunchScores(args, max_k, stream); err != 0) {
-    return err;
+  const bool fused = max_k <= retrieval::kFusedScoreMaxClusters;
+  if (!fused) {
+    if (int err = retrieval::LaunchScores(args, max_k, stream); err != 0) {
+      return err;
+    }
   }
-  if (int err = retrieval::LaunchSelect(args, max_r, stream); err != 0) {
+  if (int err = retrieval::LaunchSelect(args, max_r, fused, stream); err != 0) {
     return err;
   }
   return retrieval::LaunchTail(args, max_e, stream);

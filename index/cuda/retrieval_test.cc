@@ -94,6 +94,12 @@ class RetrievalGpuTest : public ::testing::TestWithParam<Case> {
   }
 };
 
+// Compares the first n problems' outputs with PlanRetrieval on the CPU.
+void CheckProblems(const std::vector<RetrievalProblem>& ps, int n,
+                   const std::vector<WaveIndex>& indexes,
+                   const std::vector<std::vector<float>>& queries, size_t g,
+                   size_t d, const WaveIndexParams& params, float scale);
+
 TEST_P(RetrievalGpuTest, MatchesPlanRetrieval) {
   const Case c = GetParam();
   const size_t d = c.head_dim, g = c.group;
@@ -157,10 +163,34 @@ TEST_P(RetrievalGpuTest, MatchesPlanRetrieval) {
   a.num_problems = ps.size();
   a.problems = ps.data();
   a.device_problems = dev_ps;
-  ASSERT_TRUE(LaunchRetrieval(a, nullptr).ok());
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  // Variant 0: all problems (the largest is over kFusedScoreMaxClusters =
+  // 16384: separate score kernel); variant 1: the first two (the select
+  // kernel scores). Each launched twice, outputs poisoned before each call:
+  // a call must not depend on state an earlier one left in the workspaces.
+  for (int variant = 0; variant < 2; ++variant) {
+    SCOPED_TRACE(testing::Message() << "variant " << variant);
+    a.num_problems = variant == 0 ? static_cast<int>(ps.size()) : 2;
+    for (int call = 0; call < 2; ++call) {
+      for (int i = 0; i < a.num_problems; ++i) {
+        cudaMemset(ps[i].out_retrieval, 0x7f, ps[i].retrieval_clusters * 4);
+        cudaMemset(ps[i].out_estimation, 0x7f, ps[i].estimation_clusters * 4);
+        cudaMemset(ps[i].out_num, 0x7f, g * d * 4);
+        cudaMemset(ps[i].out_max, 0x7f, g * 4);
+        cudaMemset(ps[i].out_den, 0x7f, g * 4);
+        cudaMemset(ps[i].out_counts, 0x7f, 8);
+      }
+      ASSERT_TRUE(LaunchRetrieval(a, nullptr).ok());
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    }
+    CheckProblems(ps, a.num_problems, indexes, queries, g, d, params, scale);
+  }
+}
 
-  for (size_t i = 0; i < ps.size(); ++i) {
+void CheckProblems(const std::vector<RetrievalProblem>& ps, int n,
+                   const std::vector<WaveIndex>& indexes,
+                   const std::vector<std::vector<float>>& queries, size_t g,
+                   size_t d, const WaveIndexParams& params, float scale) {
+  for (size_t i = 0; i < static_cast<size_t>(n); ++i) {
     SCOPED_TRACE(testing::Message() << "problem " << i);
     const RetrievalProblem& p = ps[i];
     auto cpu = PlanRetrieval(indexes[i], queries[i], g, params, scale);

@@ -6,10 +6,12 @@
 // the group's query heads, with kUnroll rows of loads in flight per thread.
 // Each block writes its logits (empty clusters: -inf) and, per query head,
 // the tile's max and Σ e^{l - max}.
-// Score kernel: grid (tiles of kScoreTile clusters, problems). Each block
-// combines the tile statistics into the per-head softmax max and
-// denominator, computes the group score of its clusters and their score
-// keys, and adds them to the problem's first radix histogram.
+// Score kernel (indexes of more than kFusedScoreMaxClusters clusters; the
+// select kernel scores smaller ones itself): grid (tiles of kScoreTile
+// clusters, problems). Each block combines the tile statistics into the
+// per-head softmax max and denominator, computes the group score of its
+// clusters and their score keys, and adds them to the problem's first radix
+// histogram.
 #include <cfloat>
 #include <cstdint>
 
