@@ -163,7 +163,8 @@ void LoadRun::Append(Session& s, uint32_t n, OpStats& stats) {
   auto answer = testing::CallAppend(*stub_, "", request);
   const absl::Duration took = absl::Now() - begin;
   if (!answer.ok()) {
-    stats.RecordError(CodeName(answer.status.error_code()));
+    stats.RecordError(CodeName(answer.status.error_code()),
+                      answer.status.error_message());
     if (answer.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
       // Resynchronise with the server's length (should not happen).
       auto info = testing::CallGetSession(*stub_, "", s.id);
@@ -192,7 +193,8 @@ void LoadRun::Retrieve(std::mt19937_64& rng, bool wave, OpStats& stats) {
   auto answer = testing::CallRetrieve(*stub_, "", request);
   const absl::Duration took = absl::Now() - begin;
   if (!answer.ok()) {
-    stats.RecordError(CodeName(answer.status.error_code()));
+    stats.RecordError(CodeName(answer.status.error_code()),
+                      answer.status.error_message());
     return;
   }
   uint64_t bytes = 0;
@@ -358,6 +360,7 @@ absl::StatusOr<LoadReport> LoadRun::Run() {
     row.ok = merged.ok();
     row.errors = merged.errors();
     row.errors_by_code = merged.errors_by_code();
+    row.first_messages = merged.first_messages();
     const double seconds = absl::ToDoubleSeconds(
         op == kSetupPrefill ? report.setup_time : report.timed);
     row.ops_per_s = seconds > 0 ? merged.ok() / seconds : 0;
@@ -381,11 +384,13 @@ absl::StatusOr<LoadReport> LoadRun::Run() {
   const auto metrics_after = Metrics();
   report.memory_budget_bytes = static_cast<uint64_t>(
       testing::SumSamples(metrics_after, "wavekv_memory_budget_bytes"));
-  report.spills = testing::SumSamples(metrics_after, "wavekv_spills_total") -
-                  testing::SumSamples(metrics_before, "wavekv_spills_total");
-  report.restores =
-      testing::SumSamples(metrics_after, "wavekv_restores_total") -
-      testing::SumSamples(metrics_before, "wavekv_restores_total");
+  auto delta = [&](const std::string& name) {
+    if (testing::CountSamples(metrics_after, name) == 0) return -1.0;
+    return testing::SumSamples(metrics_after, name) -
+           testing::SumSamples(metrics_before, name);
+  };
+  report.spills = delta("wavekv_spills_total");
+  report.restores = delta("wavekv_restores_total");
   if (server_ != nullptr) {
     auto stopped = server_->Terminate(absl::Seconds(30));
     if (!stopped.ok()) return stopped.status();
@@ -484,6 +489,11 @@ void PrintLoadReport(LoadReport& report, bool markdown, int max_memory_rows,
   if (markdown) out << "\n";
   PrintTable({"op", "ok", "ops/s", "MiB/s", "p50", "p99", "max", "errors"},
              rows, markdown, out);
+  for (const OpRow& r : report.rows) {
+    for (const auto& [code, message] : r.first_messages) {
+      out << "first " << code << " of " << r.op << ": " << message << "\n";
+    }
+  }
   if (report.wave_served_exact > 0) {
     out << "(" << report.wave_served_exact
         << " WAVE results served as EXACT: index not ready)\n";
@@ -504,7 +514,9 @@ void PrintLoadReport(LoadReport& report, bool markdown, int max_memory_rows,
       {"K/V in host memory max (wavekv_memory_bytes)",
        FormatBytes(report.max_kv_bytes)},
       {"spills / restores during the run",
-       absl::StrFormat("%.0f / %.0f", report.spills, report.restores)},
+       report.spills < 0 || report.restores < 0
+           ? std::string("- (not exported)")
+           : absl::StrFormat("%.0f / %.0f", report.spills, report.restores)},
   };
   PrintTable({"quantity", "value"}, mem, markdown, out);
 

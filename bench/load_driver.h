@@ -88,6 +88,7 @@ struct OpRow {
   uint64_t ok = 0;
   uint64_t errors = 0;
   std::map<std::string, uint64_t> errors_by_code;
+  std::map<std::string, std::string> first_messages;  // per code
   double ops_per_s = 0;
   double mib_per_s = 0;  // K/V payload sent (appends) or received (retrieve)
   absl::Duration p50, p99, max, mean;
@@ -108,7 +109,9 @@ struct LoadReport {
   uint64_t stored_bytes = 0;         // K/V bytes held at the end (all sessions)
   uint64_t memory_budget_bytes = 0;  // server's wavekv_memory_budget_bytes
   uint64_t max_kv_bytes = 0;         // max wavekv_memory_bytes seen
-  double spills = 0, restores = 0;   // counter deltas over the run
+  // Counter deltas over the run; negative when the server does not export
+  // wavekv_spills_total / wavekv_restores_total.
+  double spills = -1, restores = -1;
 };
 
 absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options);

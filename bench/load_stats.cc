@@ -18,7 +18,10 @@ void OpStats::RecordOk(absl::Duration latency, uint64_t bytes) {
   bytes_ += bytes;
 }
 
-void OpStats::RecordError(const std::string& code) { ++errors_by_code_[code]; }
+void OpStats::RecordError(const std::string& code, const std::string& message) {
+  ++errors_by_code_[code];
+  first_messages_.emplace(code, message);
+}
 
 void OpStats::Merge(const OpStats& other) {
   latencies_us_.insert(latencies_us_.end(), other.latencies_us_.begin(),
@@ -27,6 +30,9 @@ void OpStats::Merge(const OpStats& other) {
   bytes_ += other.bytes_;
   for (const auto& [code, n] : other.errors_by_code_) {
     errors_by_code_[code] += n;
+  }
+  for (const auto& [code, message] : other.first_messages_) {
+    first_messages_.emplace(code, message);
   }
 }
 

@@ -25,8 +25,8 @@ class OpStats {
  public:
   void RecordOk(absl::Duration latency, uint64_t bytes);
   // `code` is a gRPC code name ("UNAVAILABLE"); failed calls are counted,
-  // not timed.
-  void RecordError(const std::string& code);
+  // not timed. The first `message` of each code is kept.
+  void RecordError(const std::string& code, const std::string& message = "");
   // Adds `other`'s samples and counts to this one.
   void Merge(const OpStats& other);
 
@@ -35,6 +35,10 @@ class OpStats {
   uint64_t bytes() const { return bytes_; }
   const std::map<std::string, uint64_t>& errors_by_code() const {
     return errors_by_code_;
+  }
+  // The first message seen per code.
+  const std::map<std::string, std::string>& first_messages() const {
+    return first_messages_;
   }
   // Latency percentile `p` in [0, 100] of the successful calls (nearest
   // rank); zero without samples. Sorts the samples (not const).
@@ -46,6 +50,7 @@ class OpStats {
   bool sorted_ = true;
   uint64_t bytes_ = 0;
   std::map<std::string, uint64_t> errors_by_code_;
+  std::map<std::string, std::string> first_messages_;
 };
 
 // Resident memory of a process.

@@ -125,7 +125,6 @@ absl::Status Driver::StartServer(const std::string& name) {
   so.name = name;
   so.data_dir = options_.data_dir;
   so.args = options_.server_args;
-  so.metrics = false;
   so.ready_timeout = absl::Seconds(60);
   const absl::Time start = absl::Now();
   auto server = ServerProcess::Start(so);

@@ -5,6 +5,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/crash_driver.h"
+#include "tests/crash_state.h"
 #include "tests/server_process.h"
 
 namespace wavekv::testing {
@@ -58,7 +59,10 @@ TEST(CrashTest, ResumesFromTheStateFile) {
   EXPECT_EQ(second->rounds, 2u);  // rounds 3 and 4
   // The resumed run verified the first run's sessions before writing.
   EXPECT_GT(second->sessions_verified, 3u * 2u);
-  EXPECT_LE(second->sessions_created, 3u);
+  auto state = LoadExpectedState(options.data_dir + ".crash-state");
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(state->rounds_done, 4u);
+  EXPECT_EQ(state->seed, 7u);
 }
 
 TEST(CrashTest, OptionsAreValidated) {

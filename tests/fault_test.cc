@@ -269,7 +269,11 @@ TEST(FaultTest, FullDiskFailsAppendsClearlyAndRecoversWhenSpaceIsFreed) {
   const std::string data_dir = mount_dir + "/data";
   const std::string filler = mount_dir + "/filler";
 
-  auto server = ServerProcess::Start({.name = "full-1", .data_dir = data_dir});
+  // The disk may take tens of MiB before it is full (RocksDB preallocates
+  // its WAL): let EXACT answers carry the whole session inline.
+  const std::vector<std::string> args = {"--max_inline_kv_bytes=60MiB"};
+  auto server = ServerProcess::Start(
+      {.name = "full-1", .args = args, .data_dir = data_dir});
   ASSERT_TRUE(server.ok()) << server.status();
   auto stub = v1::WaveKv::NewStub(Connect((*server)->grpc_address()));
   TestSession s = CreateSyncSession(*stub, 4242);
@@ -348,8 +352,8 @@ TEST(FaultTest, FullDiskFailsAppendsClearlyAndRecoversWhenSpaceIsFreed) {
   auto stopped = (*server)->Terminate();
   ASSERT_TRUE(stopped.ok()) << stopped.status();
   EXPECT_TRUE(stopped->ok()) << stopped->ToString();
-  auto restarted =
-      ServerProcess::Start({.name = "full-2", .data_dir = data_dir});
+  auto restarted = ServerProcess::Start(
+      {.name = "full-2", .args = args, .data_dir = data_dir});
   ASSERT_TRUE(restarted.ok()) << restarted.status();
   stub = v1::WaveKv::NewStub(Connect((*restarted)->grpc_address()));
   st = CheckSession(*stub, s, &mismatch);
