@@ -62,9 +62,11 @@ WAVEKV_INLINE void Scale(float a, float* __restrict y, size_t n) {
 // e^x for x <= 88, branch-free so that loops over it vectorise (std::exp
 // does not). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and a
 // degree-6 polynomial for e^r: max relative error ~2 ulp. x < -87.3
-// (including -inf) gives 0; x > 88 gives e^88. Not for NaN inputs.
+// (including -inf) gives 0; x > 88 gives e^88. NaN (e.g. inf - inf from
+// overflowing logits) gives a meaningless but defined result: the clamp
+// sends it to -87, so the float->int conversion below never sees a NaN.
 WAVEKV_INLINE float Exp(float x) {
-  const float clamped = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float clamped = x > -87.0f ? (x > 88.0f ? 88.0f : x) : -87.0f;
   // Round x*log2(e) to nearest with the 1.5*2^23 trick.
   constexpr float kRound = 12582912.0f;
   const float n = (clamped * 1.44269504088896341f + kRound) - kRound;
