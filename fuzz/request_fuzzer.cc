@@ -280,11 +280,11 @@ class ScriptRunner {
   }
 
   // KNOWN GAP (reported, not fixed here): the engine accepts NaN and
-  // infinite K/V in Append; the index build then fails for good and the
-  // attention math evaluates simd::Exp(NaN), a float->int conversion UBSan
-  // rejects (index/simd.h). Until Append rejects them, non-finite elements
-  // are made finite (top exponent bit cleared) so the fuzzer explores the
-  // rest. Remove once Session::ValidateAppend checks finiteness.
+  // infinite K/V in Append, and the layer's index build then fails for good
+  // (index_state FAILED, WAVE retrieval refused). Until Append rejects them,
+  // non-finite elements are made finite (top exponent bit cleared) so the
+  // fuzzer explores the rest. Remove once Session::ValidateAppend checks
+  // finiteness.
   void MakeFinite(const std::string& tenant, v1::AppendRequest& request) {
     absl::StatusOr<SessionInfo> info =
         engine_->GetSession(tenant, request.session_id());
