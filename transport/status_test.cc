@@ -30,7 +30,7 @@ TEST(StatusTest, NonCanonicalCodeBecomesUnknownKeepingMessage) {
   EXPECT_EQ(wire.error_code(), grpc::StatusCode::UNKNOWN);
   EXPECT_EQ(wire.error_message(), "odd");
   const absl::Status back =
-      FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(99), "x"));
+      FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(20), "x"));
   EXPECT_EQ(back.code(), absl::StatusCode::kUnknown);
   EXPECT_EQ(back.message(), "x");
 }
