@@ -63,6 +63,14 @@ uint64_t Spiller::MakeRoom(uint64_t need_bytes, const Session* exclude) {
     candidates.push_back(std::move(c));
     of_candidate.push_back(std::move(s));
   }
+  // If spilling every idle session could not make room, refuse without
+  // spilling anything: a refused call leaves the other sessions as they
+  // were (resident), instead of moving them to disk for nothing.
+  uint64_t spillable = 0;
+  for (const SpillCandidate& c : candidates) {
+    if (!c.busy) spillable += c.memory_bytes;
+  }
+  if (spillable < need_bytes) return 0;
   uint64_t freed = 0;
   for (size_t i : SpillOrder(candidates)) {
     if (freed >= need_bytes) break;

@@ -74,6 +74,8 @@ class Spiller {
 
   // Spills victims (not `exclude`) until `need_bytes` are freed or none
   // is left; returns the bytes freed (already released to the budget).
+  // Spills nothing (returns 0) when all idle sessions together hold less
+  // than `need_bytes`: the call is refused with the others left resident.
   uint64_t MakeRoom(uint64_t need_bytes, const Session* exclude);
 
   // Counters and the spilled-session gauges.
