@@ -455,6 +455,14 @@ void Driver::WriterLoop(uint32_t thread, std::atomic<bool>* stop,
     in_flight->store(kIdle);
     if (!answer.ok()) {
       if (stop->load()) return;  // the server was killed under us
+      if (answer.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        // Over a small --memory_budget with nothing spillable: refused
+        // whole (the retry at the same start_token proves nothing of it
+        // was applied).
+        absl::MutexLock lock(&mu_);
+        ++report_.appends_refused;
+        continue;
+      }
       *error = absl::InternalError(
           absl::StrCat(Where(r), ": Append [", start, ", ", start + n,
                        ") before the kill: ", StatusText(answer.status)));
@@ -693,13 +701,15 @@ absl::Status CrashDriverOptions::Validate() const {
 std::string CrashReport::ToString() const {
   return absl::StrFormat(
       "%d rounds (kill -9 with a prefill Append in flight: %d, decode: %d), "
-      "%d appends acked (%d prefill, %d decode), %d sessions created, "
+      "%d appends acked (%d prefill, %d decode, %d refused over budget), "
+      "%d sessions created, "
       "%d session checks, %d token rows verified, %d unacknowledged tokens "
       "found intact, %d volatile tokens lost (allowed), %d WAVE checks, "
       "restart mean %s max %s, total %s",
       rounds, kills_during_prefill, kills_during_decode, appends_acked,
-      prefill_appends, decode_appends, sessions_created, sessions_verified,
-      tokens_verified, unacked_tokens_found, lost_volatile_tokens, wave_checks,
+      prefill_appends, decode_appends, appends_refused, sessions_created,
+      sessions_verified, tokens_verified, unacked_tokens_found,
+      lost_volatile_tokens, wave_checks,
       absl::FormatDuration(absl::Trunc(
           rounds ? restart_time / (rounds + 2) : absl::ZeroDuration(),
           absl::Milliseconds(1))),

@@ -95,6 +95,7 @@ struct CrashReport {
   uint64_t appends_acked = 0;         // over all rounds
   uint64_t prefill_appends = 0;       // of which prefill chunks
   uint64_t decode_appends = 0;        // of which one-token decode steps
+  uint64_t appends_refused = 0;       // RESOURCE_EXHAUSTED (memory budget)
   uint64_t kills_during_prefill = 0;  // a prefill Append was in flight
   uint64_t kills_during_decode = 0;   // a decode Append was in flight
   uint64_t sessions_verified = 0;     // session checks after restarts
