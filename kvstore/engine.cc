@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "common/status_macros.h"
 #include "kvstore/engine_impl.h"
+#include "kvstore/finite_check.h"
 
 namespace wavekv {
 namespace {
@@ -138,6 +139,9 @@ absl::StatusOr<AppendResult> EngineImpl::Append(
   }
   // Malformed input is reported before the durability level is refused.
   RETURN_IF_ERROR(session->ValidateAppend(layers));
+  if (options_.check_finite_kv) {
+    RETURN_IF_ERROR(CheckFiniteKv(layers, session->shape()));
+  }
   const Durability level = durability.value_or(session->options().durability);
   RETURN_IF_ERROR(CheckDurability(level));
   ASSIGN_OR_RETURN(Session::ResidentHold resident, spiller_.Hold(session));

@@ -83,6 +83,11 @@ struct EngineOptions {
   // be thread-safe and must not call into the engine. Empty: failures are
   // logged to stderr.
   std::function<void(const IndexBuildFailure&)> on_index_build_failure;
+  // Append refuses NaN and infinity in K/V (InvalidArgument naming token,
+  // kv head and element): one scan of the request's bytes. false skips the
+  // scan for callers that guarantee finite K/V; a non-finite value then
+  // fails its layer's index build for good (index_state FAILED).
+  bool check_finite_kv = true;
   // GPU backend: index builds (k-means of a layer's kv heads in one batch)
   // and WAVE retrieval planning (scoring, zones, tails over centroids, value
   // sums and sizes kept in device memory) on a CUDA device. kGpuOff = CPU

@@ -44,7 +44,8 @@ uint8_t KvByte(uint64_t ord, uint32_t l, uint64_t t, uint32_t h, size_t b,
   x ^= x >> 29;
   x *= 0xBF58476D1CE4E5B9ull;
   x ^= x >> 32;
-  return static_cast<uint8_t>(x);
+  // fp16: the high byte of each element has bit 6 clear (finite values).
+  return static_cast<uint8_t>(b % 2 == 1 ? (x & 0xBF) : x);
 }
 
 std::string TenantOf(int slot) {

@@ -53,9 +53,11 @@ SessionOptions Fp32Options() {
 }
 
 // Deterministic byte of K (v=0) or V (v=1) of (layer, token, head, byte).
+// The top byte of each fp32 has bit 6 clear: every value is finite.
 uint8_t KvByte(uint32_t layer, uint64_t token, uint32_t head, size_t b, int v) {
-  return static_cast<uint8_t>(layer * 37 + token * 11 + head * 101 + b * 3 +
-                              v * 59);
+  const auto x = static_cast<uint8_t>(layer * 37 + token * 11 + head * 101 +
+                                      b * 3 + v * 59);
+  return b % 4 == 3 ? (x & 0xBF) : x;
 }
 
 // K/V of tokens [start, start + n) of one layer in the request layout
@@ -839,6 +841,41 @@ TEST_F(EngineTest, CloseSessionFreesExactlyItsBytes) {
   EXPECT_EQ(engine_->Stats().sessions, 0u);
 }
 
+TEST_F(EngineTest, NonFiniteKvIsRefusedNamingWhereAndChangesNothing) {
+  for (DType dtype : {DType::kFp16, DType::kBf16, DType::kFp32}) {
+    SessionOptions o;
+    o.shape = {1, 2, 2, 64, dtype};
+    auto info = engine_->CreateSession("t9", o);
+    ASSERT_TRUE(info.ok());
+    const size_t width = DTypeBytes(dtype);
+    // 3 tokens x 2 kv heads x 64 elements, all 1.0 except one.
+    std::vector<uint8_t> keys(3 * 2 * 64 * width, 0), values;
+    for (size_t e = 0; e < keys.size() / width; ++e) {
+      uint8_t* at = keys.data() + e * width;
+      if (dtype == DType::kFp16) at[1] = 0x3C;  // 1.0
+      if (dtype == DType::kBf16) at[0] = 0x80, at[1] = 0x3F;
+      if (dtype == DType::kFp32) at[2] = 0x80, at[3] = 0x3F;
+    }
+    values = keys;
+    // Token 2, kv head 1, element 5 of the values: +infinity.
+    uint8_t* bad = values.data() + ((2 * 2 + 1) * 64 + 5) * width;
+    std::fill(bad, bad + width, 0);
+    if (dtype == DType::kFp16) bad[1] = 0x7C;
+    if (dtype == DType::kBf16) bad[0] = 0x80, bad[1] = 0x7F;
+    if (dtype == DType::kFp32) bad[2] = 0x80, bad[3] = 0x7F;
+    LayerAppend la{0, 0, 3, keys, values};
+    auto refused = engine_->Append("t9", info->session_id, {la});
+    ASSERT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(refused.status().message(),
+              "layers[0].values: non-finite value (NaN or infinity) at token "
+              "2, kv head 1, element 5");
+    EXPECT_EQ(engine_->GetSession("t9", info->session_id)->layer_tokens[0], 0u);
+    bad[width - 1] &= 0xBF;  // now finite: accepted
+    ASSERT_TRUE(engine_->Append("t9", info->session_id, {la}).ok());
+    ASSERT_TRUE(engine_->CloseSession("t9", info->session_id).ok());
+  }
+}
+
 TEST_F(EngineTest, Fp16AndBf16SessionsStoreTheirBytes) {
   for (DType dtype : {DType::kFp16, DType::kBf16}) {
     SessionOptions o;
@@ -847,8 +884,10 @@ TEST_F(EngineTest, Fp16AndBf16SessionsStoreTheirBytes) {
     ASSERT_TRUE(info.ok());
     std::vector<uint8_t> keys(3 * 64 * 2), values(3 * 64 * 2);
     for (size_t i = 0; i < keys.size(); ++i) {
-      keys[i] = static_cast<uint8_t>(i);
-      values[i] = static_cast<uint8_t>(255 - i);
+      // High bytes with bit 6 clear: finite fp16 and bf16 values.
+      const uint8_t mask = i % 2 == 1 ? 0xBF : 0xFF;
+      keys[i] = static_cast<uint8_t>(i) & mask;
+      values[i] = static_cast<uint8_t>(255 - i) & mask;
     }
     LayerAppend la{1, 0, 3, keys, values};
     ASSERT_TRUE(engine_->Append("t9", info->session_id, {la}).ok());

@@ -30,8 +30,10 @@ constexpr char kTenant[] = "t";
 
 std::unique_ptr<Engine> OpenEngine(
     uint32_t index_threads, uint64_t budget_bytes = 1ull << 30,
-    std::function<void(const IndexBuildFailure&)> on_failure = {}) {
+    std::function<void(const IndexBuildFailure&)> on_failure = {},
+    bool check_finite_kv = true) {
   EngineOptions o;
+  o.check_finite_kv = check_finite_kv;
   o.memory_budget_bytes = budget_bytes;
   o.index_threads = index_threads;
   o.retrieve_threads = 2;
@@ -303,14 +305,17 @@ TEST(WaveShortContextTest, EverythingSteadyNoClusters) {
 // (c) A layer whose first build has not finished answers UNAVAILABLE, or
 // EXACT with exact_if_not_ready; a failed build answers
 // FAILED_PRECONDITION. The single build thread is held deterministically
-// inside the failure hook of a session whose K/V is not finite.
+// inside the failure hook of a session whose K/V is not finite (Append's
+// finiteness check is off for this engine).
 TEST(WaveReadinessTest, NotReadyIsUnavailableAndExactOnRequest) {
   absl::Notification in_hook, release;
-  auto engine = OpenEngine(/*index_threads=*/1, 1ull << 30,
-                           [&](const IndexBuildFailure&) {
-                             in_hook.Notify();
-                             release.WaitForNotification();
-                           });
+  auto engine = OpenEngine(
+      /*index_threads=*/1, 1ull << 30,
+      [&](const IndexBuildFailure&) {
+        in_hook.Notify();
+        release.WaitForNotification();
+      },
+      /*check_finite_kv=*/false);
   const ModelShape shape{1, 4, 2, 64, DType::kFp32};
   const uint64_t n = 1200;
   const TestKv kv(shape, n, 3);
