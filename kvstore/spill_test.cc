@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kvstore/engine.h"
+#include "kvstore/same_answer.h"
 
 namespace wavekv {
 namespace {
@@ -123,109 +124,6 @@ class SpillTest : public ::testing::Test {
   uint64_t max_memory_ = 0;
 };
 
-void ExpectSameAnswer(const SessionResult& a, const SessionResult& b) {
-  EXPECT_EQ(a.num_tokens, b.num_tokens);
-  EXPECT_EQ(a.indexed_tokens, b.indexed_tokens);
-  EXPECT_EQ(a.layout_epoch, b.layout_epoch);
-  ASSERT_EQ(a.steady.size(), b.steady.size());
-  for (size_t i = 0; i < a.steady.size(); ++i) {
-    EXPECT_EQ(a.steady[i].begin, b.steady[i].begin);
-    EXPECT_EQ(a.steady[i].end, b.steady[i].end);
-  }
-  ASSERT_EQ(a.heads.size(), b.heads.size());
-  for (size_t h = 0; h < a.heads.size(); ++h) {
-    const KvHeadResult& x = a.heads[h];
-    const KvHeadResult& y = b.heads[h];
-    ASSERT_EQ(x.retrieval.size(), y.retrieval.size()) << "head " << h;
-    for (size_t i = 0; i < x.retrieval.size(); ++i) {
-      EXPECT_EQ(x.retrieval[i].cluster_id, y.retrieval[i].cluster_id);
-      EXPECT_EQ(x.retrieval[i].first_slot, y.retrieval[i].first_slot);
-      EXPECT_EQ(x.retrieval[i].num_slots, y.retrieval[i].num_slots);
-    }
-    ASSERT_EQ(x.tail.size(), y.tail.size());
-    for (size_t i = 0; i < x.tail.size(); ++i) {
-      // Bit-exact: the same index and the same bytes give the same floats.
-      EXPECT_EQ(x.tail[i].max_logit, y.tail[i].max_logit);
-      EXPECT_EQ(x.tail[i].denominator, y.tail[i].denominator);
-    }
-    EXPECT_TRUE(x.keys == y.keys) << "head " << h << " keys differ";
-    EXPECT_TRUE(x.values == y.values) << "head " << h << " values differ";
-  }
-}
-
-TEST_F(SpillTest, WorkingSetLargerThanBudgetSpillsAndRestoresBitExact) {
-  OpenEngine("spill_restore");
-  // Six sessions of ~0.45 MiB against a 1 MiB budget, over two tenants.
-  struct Held {
-    TenantId tenant;
-    std::string id;
-    std::vector<SessionResult> exact, wave;  // per layer, before any spill
-  };
-  std::vector<Held> sessions;
-  for (uint32_t i = 0; i < 6; ++i) {
-    Held s;
-    s.tenant = i % 2 == 0 ? "t-even" : "t-odd";
-    s.id = NewFilledSession(s.tenant, i);
-    for (uint32_t l = 0; l < kLayers; ++l) {
-      s.exact.push_back(Answer(s.tenant, s.id, l, RetrieveMode::kExact)[0]);
-      s.wave.push_back(Answer(s.tenant, s.id, l, RetrieveMode::kWave)[0]);
-      EXPECT_GT(s.wave.back().indexed_tokens, 0u);
-    }
-    sessions.push_back(std::move(s));
-  }
-  EngineStats stats = engine_->Stats();
-  EXPECT_GT(stats.spills, 0u);
-  EXPECT_GT(stats.spilled_sessions, 0u);
-  EXPECT_GT(stats.spilled_bytes, 0u);
-  EXPECT_EQ(stats.spill_failures, 0u);
-
-  // A spilled session is listed as before (GetSession is not an access).
-  uint32_t spilled_seen = 0;
-  for (const Held& s : sessions) {
-    auto info = engine_->GetSession(s.tenant, s.id);
-    ASSERT_TRUE(info.ok()) << info.status();
-    EXPECT_EQ(info->num_tokens, kTokens);
-    if (info->memory_bytes == 0) ++spilled_seen;
-  }
-  EXPECT_GT(spilled_seen, 0u);
-
-  // Every session, in turn and twice over, answers bit-exactly as before.
-  for (int pass = 0; pass < 2; ++pass) {
-    for (const Held& s : sessions) {
-      for (uint32_t l = 0; l < kLayers; ++l) {
-        std::vector<SessionResult> exact =
-            Answer(s.tenant, s.id, l, RetrieveMode::kExact);
-        ASSERT_EQ(exact.size(), 1u);
-        ExpectSameAnswer(exact[0], s.exact[l]);
-        std::vector<SessionResult> wave =
-            Answer(s.tenant, s.id, l, RetrieveMode::kWave);
-        ASSERT_EQ(wave.size(), 1u);
-        ExpectSameAnswer(wave[0], s.wave[l]);
-      }
-    }
-  }
-  // Appends go on after a restore.
-  const Held& first = sessions[0];
-  std::vector<LayerData> data;
-  std::vector<LayerAppend> appends;
-  for (uint32_t l = 0; l < kLayers; ++l) data.emplace_back(0, l, kTokens, 10);
-  for (const LayerData& d : data) appends.push_back(d.append);
-  auto r = engine_->Append(first.tenant, first.id, appends);
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->num_tokens, kTokens + 10);
-  ExpectWithinBudget();
-  EXPECT_LE(max_memory_, kBudget);
-  EXPECT_GT(engine_->Stats().restores, stats.restores);
-
-  // Closing every session frees everything (spilled ones included).
-  for (const Held& s : sessions) {
-    ASSERT_TRUE(engine_->CloseSession(s.tenant, s.id).ok());
-  }
-  stats = engine_->Stats();
-  EXPECT_EQ(stats.memory_bytes, 0u);
-  EXPECT_EQ(stats.spilled_sessions, 0u);
-}
-
 TEST_F(SpillTest, RestartWithMoreOnDiskThanTheBudgetRestoresOnAccess) {
   // Six sessions of ~0.45 MiB against a 1 MiB budget, persisted at
   // shutdown; the restarted engine cannot hold them all.
@@ -285,10 +183,12 @@ TEST_F(SpillTest, RestartWithMoreOnDiskThanTheBudgetRestoresOnAccess) {
             Answer(s.tenant, s.id, l, RetrieveMode::kExact);
         ASSERT_EQ(exact.size(), 1u);
         ExpectSameAnswer(exact[0], s.exact[l]);
+        EXPECT_EQ(exact[0].layout_epoch, s.exact[l].layout_epoch);
         std::vector<SessionResult> wave =
             Answer(s.tenant, s.id, l, RetrieveMode::kWave);
         ASSERT_EQ(wave.size(), 1u);
         ExpectSameAnswer(wave[0], s.wave[l]);
+        EXPECT_EQ(wave[0].layout_epoch, s.wave[l].layout_epoch);
       }
     }
   }

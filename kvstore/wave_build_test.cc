@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "kvstore/engine.h"
+#include "kvstore/same_answer.h"
 #include "kvstore/types.h"
 #include "kvstore/wave_test_kv.h"
 
@@ -52,94 +53,6 @@ SessionResult Wave(Engine& engine, const std::string& id, uint32_t layer,
   auto r = engine.Retrieve(kTenant, o, {RetrieveQuery{id, q}});
   EXPECT_TRUE(r.ok()) << r.status();
   return r.ok() ? std::move((*r)[0]) : SessionResult{};
-}
-
-void ExpectSameAnswer(const SessionResult& a, const SessionResult& b) {
-  EXPECT_EQ(a.mode, b.mode);
-  EXPECT_EQ(a.num_tokens, b.num_tokens);
-  EXPECT_EQ(a.indexed_tokens, b.indexed_tokens);
-  ASSERT_EQ(a.steady.size(), b.steady.size());
-  for (size_t i = 0; i < a.steady.size(); ++i) {
-    EXPECT_EQ(a.steady[i].begin, b.steady[i].begin);
-    EXPECT_EQ(a.steady[i].end, b.steady[i].end);
-  }
-  ASSERT_EQ(a.heads.size(), b.heads.size());
-  for (size_t h = 0; h < a.heads.size(); ++h) {
-    const KvHeadResult& x = a.heads[h];
-    const KvHeadResult& y = b.heads[h];
-    ASSERT_EQ(x.retrieval.size(), y.retrieval.size()) << "head " << h;
-    for (size_t i = 0; i < x.retrieval.size(); ++i) {
-      EXPECT_EQ(x.retrieval[i].cluster_id, y.retrieval[i].cluster_id);
-      EXPECT_EQ(x.retrieval[i].first_slot, y.retrieval[i].first_slot);
-      EXPECT_EQ(x.retrieval[i].num_slots, y.retrieval[i].num_slots);
-    }
-    ASSERT_EQ(x.tail.size(), y.tail.size());
-    for (size_t i = 0; i < x.tail.size(); ++i) {
-      EXPECT_EQ(x.tail[i].max_logit, y.tail[i].max_logit);
-      EXPECT_EQ(x.tail[i].denominator, y.tail[i].denominator);
-      EXPECT_EQ(x.tail[i].numerator, y.tail[i].numerator);
-    }
-    EXPECT_EQ(x.keys, y.keys);
-    EXPECT_EQ(x.values, y.values);
-  }
-}
-
-// (d) With two build threads the index of every layer is built in the
-// background: the session goes BUILDING -> READY within a bounded wait, and
-// then answers exactly as an engine that builds synchronously.
-TEST(WaveBuildTest, BackgroundBuildsMatchSynchronousBuilds) {
-  const ModelShape shape{4, 8, 2, 64, DType::kFp16};
-  const uint64_t n = 3000;
-  const TestKv kv(shape, n, 11);
-  auto sync_engine = OpenEngine(0);
-  auto bg_engine = OpenEngine(2);
-  const std::string sync_id = Create(*sync_engine, shape);
-  const std::string bg_id = Create(*bg_engine, shape);
-  ASSERT_TRUE(kv.Append(*sync_engine, kTenant, sync_id, 0, n).ok());
-  ASSERT_TRUE(kv.Append(*bg_engine, kTenant, bg_id, 0, n).ok());
-  // The synchronous engine returned from Append with every layer indexed.
-  auto sync_info = sync_engine->GetSession(kTenant, sync_id);
-  EXPECT_EQ(sync_info->index_state, IndexState::kReady);
-  EXPECT_EQ(sync_info->layer_indexed_tokens,
-            std::vector<uint64_t>(4, n - 4 - 64));
-
-  // Progress is visible while the background builds run.
-  auto bg_info = bg_engine->GetSession(kTenant, bg_id);
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (bg_info->index_state == IndexState::kBuilding &&
-         absl::Now() < deadline) {
-    for (uint64_t t : bg_info->layer_indexed_tokens) {
-      EXPECT_TRUE(t == 0 || t == n - 4 - 64) << t;
-    }
-    absl::SleepFor(absl::Milliseconds(5));
-    bg_info = bg_engine->GetSession(kTenant, bg_id);
-  }
-  ASSERT_EQ(bg_info->index_state, IndexState::kReady);
-  EXPECT_EQ(bg_info->layer_indexed_tokens, sync_info->layer_indexed_tokens);
-  EXPECT_EQ(bg_info->memory_bytes, sync_info->memory_bytes);
-
-  for (uint32_t layer = 0; layer < shape.num_layers; ++layer) {
-    const std::vector<float> q = kv.Query(layer, 100 + layer, 1.5f);
-    const SessionResult a = Wave(*sync_engine, sync_id, layer, q, true);
-    const SessionResult b = Wave(*bg_engine, bg_id, layer, q, true);
-    ExpectSameAnswer(a, b);
-    // The answer is consistent (fetched bytes, no token twice) and its
-    // tail estimate helps.
-    auto out = ClientOutput(*bg_engine, kTenant, layer, kv, b, q);
-    auto no_tail = ClientOutput(*bg_engine, kTenant, layer, kv, b, q, false);
-    ASSERT_TRUE(out.ok()) << out.status();
-    ASSERT_TRUE(no_tail.ok()) << no_tail.status();
-    const std::vector<float> full = FullAttentionOutput(kv, layer, n, q);
-    EXPECT_LT(RelativeL2(*out, full), RelativeL2(*no_tail, full));
-  }
-  for (Engine* engine : {sync_engine.get(), bg_engine.get()}) {
-    const EngineStats stats = engine->Stats();
-    EXPECT_EQ(stats.index_builds, 4u);
-    EXPECT_EQ(stats.index_build_failures, 0u);
-    EXPECT_EQ(stats.index_pending_layers, 0u);
-    EXPECT_GT(stats.index_build_seconds_total, 0.0);
-    EXPECT_EQ(stats.indexed_tokens, 4 * (n - 4 - 64));
-  }
 }
 
 // (e) Decode: one token per step. Every update_tokens tokens beyond the
