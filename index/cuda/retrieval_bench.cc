@@ -1,7 +1,7 @@
 // Latency of one decode step's retrieval planning on the GPU (scoring +
 // GQA ranking + zone selection + tail statistics, LaunchRetrieval) for the
 // Llama-3-8B attention shape (32 q / 8 kv heads, d = 128, fp16 centroids,
-// 16 tokens per cluster), contexts 32K..1M, batch 1 and 16, against the
+// 16 tokens per cluster), contexts 32K..1M, batch 1, 4 and 16, against the
 // HBM bound: centroids + sizes + the estimation zone's value sums, read
 // once, at the measured device-to-device copy bandwidth.
 //
@@ -136,7 +136,7 @@ int Run(int iters, int64_t only_tokens, int only_batch) {
     for (auto& s : sizes) s = 8 + static_cast<uint32_t>(16 * (next() + 0.5f));
     std::vector<float> q(g * d);
     for (float& x : q) x = 4 * next();
-    for (int batch : {1, 16}) {
+    for (int batch : {1, 4, 16}) {
       if (only_batch > 0 && batch != only_batch) continue;
       const int n = batch * kv_heads;
       std::vector<void*> owned;
