@@ -17,60 +17,14 @@
 #include <cstdint>
 
 #include "index/cuda/decode_attention_raw.h"
+#include "index/cuda/split_merge.cuh"
+#include "index/cuda/vec_load.cuh"
 
 namespace wavekv::cuda {
 namespace {
 
 constexpr int kThreads = 128;
 constexpr int kMaxGroup = 8;  // q heads per kv head served by one block
-
-template <typename T>
-struct Vec8;  // 8 elements in 16 bytes, converted to float
-
-template <>
-struct Vec8<__half> {
-  static __device__ void Load(const void* p, float* out) {
-    uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float2 f = __half22float2(h[i]);
-      out[2 * i] = f.x;
-      out[2 * i + 1] = f.y;
-    }
-  }
-};
-
-template <>
-struct Vec8<__nv_bfloat16> {
-  static __device__ void Load(const void* p, float* out) {
-    uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float2 f = __bfloat1622float2(h[i]);
-      out[2 * i] = f.x;
-      out[2 * i + 1] = f.y;
-    }
-  }
-};
-
-template <>
-struct Vec8<float> {
-  static __device__ void Load(const void* p, float* out) {
-    const float4* f = reinterpret_cast<const float4*>(p);
-    float4 a = f[0], b = f[1];
-    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
-    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
-  }
-};
-
-// One partial per (q head, split) in scratch: [max, den, num[D]].
-template <int D>
-__device__ __forceinline__ float* SplitSlot(float* scratch, int q_head,
-                                            int split, int max_splits) {
-  return scratch + (static_cast<int64_t>(q_head) * max_splits + split) * (D + 2);
-}
 
 // G: q heads per kv head this instantiation holds (>= the real group).
 // Each thread issues the K and V loads of kUnroll tokens before using them,
@@ -118,8 +72,8 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t t = base + u * kTokGroups + tg;
       valid[u] = t < end;
       if (valid[u]) {
-        Vec8<T>::Load(kbase + t * a.token_stride * sizeof(T), k[u]);
-        Vec8<T>::Load(vbase + t * a.token_stride * sizeof(T), v[u]);
+        Load8AsFloat<T>(kbase + t * a.token_stride * sizeof(T), k[u]);
+        Load8AsFloat<T>(vbase + t * a.token_stride * sizeof(T), v[u]);
       } else {
 #pragma unroll
         for (int i = 0; i < 8; ++i) k[u][i] = v[u][i] = 0.f;
@@ -163,7 +117,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < 8; ++i) s_acc[tg][lane * 8 + i] = acc[h][i];
     __syncthreads();
-    float* slot = SplitSlot<D>(a.split_scratch, kv * group + h, split,
+    float* slot = SplitPartial(a.split_scratch, D, kv * group + h, split,
                                a.max_splits);
     for (int d = threadIdx.x; d < D; d += kThreads) {
       float mm = -FLT_MAX;
@@ -187,28 +141,9 @@ __global__ void __launch_bounds__(kThreads)
 
 template <int D>
 __global__ void MergeKernel(DecodeAttentionArgs a, int num_splits) {
-  const int h = blockIdx.x;
-  float mm = -INFINITY;
-  for (int s = 0; s < num_splits; ++s) {
-    const float* slot = SplitSlot<D>(a.split_scratch, h, s, a.max_splits);
-    if (slot[1] > 0.f) mm = fmaxf(mm, slot[0]);
-  }
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float den = 0.f, num = 0.f;
-    for (int s = 0; s < num_splits; ++s) {
-      const float* slot = SplitSlot<D>(a.split_scratch, h, s, a.max_splits);
-      if (slot[1] == 0.f) continue;
-      const float w = __expf(slot[0] - mm);
-      den += slot[1] * w;
-      num += slot[2 + d] * w;
-    }
-    a.out_num[h * D + d] = num;
-    a.out[h * D + d] = den > 0.f ? num / den : 0.f;
-    if (d == 0) {
-      a.out_max[h] = mm;
-      a.out_den[h] = den;
-    }
-  }
+  MergeSplits<D>({a.split_scratch, a.max_splits, num_splits, nullptr, nullptr,
+                  nullptr, a.out_max, a.out_den, a.out_num, a.out},
+                 blockIdx.x);
 }
 
 template <typename T, int D>

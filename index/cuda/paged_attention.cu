@@ -24,6 +24,8 @@
 #include <cub/block/block_scan.cuh>
 
 #include "index/cuda/paged_attention_raw.h"
+#include "index/cuda/split_merge.cuh"
+#include "index/cuda/vec_load.cuh"
 
 namespace wavekv::cuda {
 namespace {
@@ -32,42 +34,6 @@ constexpr int kThreads = 128;
 constexpr int kTileBytes = 16384;  // keys of one tile (values: the same)
 constexpr int kStages = 2;
 constexpr int kSmemBytes = kStages * 2 * kTileBytes;
-
-template <typename T>
-__device__ __forceinline__ void Load8(const char* p, float* out);
-
-template <>
-__device__ __forceinline__ void Load8<__half>(const char* p, float* out) {
-  uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 f = __half22float2(h[i]);
-    out[2 * i] = f.x;
-    out[2 * i + 1] = f.y;
-  }
-}
-
-template <>
-__device__ __forceinline__ void Load8<__nv_bfloat16>(const char* p,
-                                                     float* out) {
-  uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 f = __bfloat1622float2(h[i]);
-    out[2 * i] = f.x;
-    out[2 * i + 1] = f.y;
-  }
-}
-
-template <>
-__device__ __forceinline__ void Load8<float>(const char* p, float* out) {
-  const float4* f = reinterpret_cast<const float4*>(p);
-  float4 a = f[0], b = f[1];
-  out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
-  out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
-}
 
 __device__ __forceinline__ void CpAsync16(void* smem, const void* src) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
@@ -139,12 +105,6 @@ struct Cursor {
     }
   }
 };
-
-__device__ __forceinline__ float* SplitSlot(float* scratch, int d, int q_head,
-                                            int split, int max_splits) {
-  return scratch +
-         (static_cast<int64_t>(q_head) * max_splits + split) * (d + 2);
-}
 
 // G: q heads per row this instantiation holds (>= the real group).
 template <typename T, int D, int G>
@@ -288,7 +248,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int u = 0; u < U; ++u) {
         const int t = (j + u) * S::kTokGroups + tg;
         float k[8];
-        Load8<T>(sk + t * S::kRowBytes + lane * 8 * sizeof(T), k);
+        Load8AsFloat<T>(sk + t * S::kRowBytes + lane * 8 * sizeof(T), k);
 #pragma unroll
         for (int h = 0; h < G; ++h) {
           float dot = 0.f;
@@ -328,7 +288,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int u = 0; u < U; ++u) {
         const int t = (j + u) * S::kTokGroups + tg;
         float v[8];
-        Load8<T>(sv + t * S::kRowBytes + lane * 8 * sizeof(T), v);
+        Load8AsFloat<T>(sv + t * S::kRowBytes + lane * 8 * sizeof(T), v);
 #pragma unroll
         for (int h = 0; h < G; ++h) {
 #pragma unroll
@@ -354,7 +314,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < 8; ++i) s_acc[tg][lane * 8 + i] = acc[h][i];
     __syncthreads();
     float* slot =
-        SplitSlot(a.split_scratch, D, row * group + h, split, a.max_splits);
+        SplitPartial(a.split_scratch, D, row * group + h, split, a.max_splits);
     for (int d = tid; d < D; d += kThreads) {
       float mm = -FLT_MAX;
       for (int g = 0; g < S::kTokGroups; ++g) {
@@ -379,35 +339,10 @@ __global__ void __launch_bounds__(kThreads)
 
 template <int D>
 __global__ void PagedMergeKernel(PagedAttentionArgs a, int num_splits) {
-  const int h = blockIdx.x;
-  const bool tail = a.tail_den != nullptr && a.tail_den[h] > 0.f;
-  float mm = -INFINITY;
-  for (int s = 0; s < num_splits; ++s) {
-    const float* slot = SplitSlot(a.split_scratch, D, h, s, a.max_splits);
-    if (slot[1] > 0.f) mm = fmaxf(mm, slot[0]);
-  }
-  if (tail) mm = fmaxf(mm, a.tail_max[h]);
-  const float tail_w = tail ? __expf(a.tail_max[h] - mm) : 0.f;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float den = 0.f, num = 0.f;
-    for (int s = 0; s < num_splits; ++s) {
-      const float* slot = SplitSlot(a.split_scratch, D, h, s, a.max_splits);
-      if (slot[1] == 0.f) continue;
-      const float w = __expf(slot[0] - mm);
-      den += slot[1] * w;
-      num += slot[2 + d] * w;
-    }
-    if (tail) {
-      den += a.tail_den[h] * tail_w;
-      num += a.tail_num[static_cast<int64_t>(h) * D + d] * tail_w;
-    }
-    a.out_num[static_cast<int64_t>(h) * D + d] = num;
-    a.out[static_cast<int64_t>(h) * D + d] = den > 0.f ? num / den : 0.f;
-    if (d == 0) {
-      a.out_max[h] = den > 0.f ? mm : -INFINITY;
-      a.out_den[h] = den;
-    }
-  }
+  MergeSplits<D>({a.split_scratch, a.max_splits, num_splits, a.tail_max,
+                  a.tail_den, a.tail_num, a.out_max, a.out_den, a.out_num,
+                  a.out},
+                 blockIdx.x);
 }
 
 template <typename T, int D, int G>
