@@ -13,6 +13,7 @@
 //
 // Usage: index_build_bench [--contexts=32768,...] [--kv_heads=8]
 //        [--head_dim=128] [--reps=3] [--layers=32]
+//        [--scorer=auto|mma|wgmma] [--update=fused|sort] [--no_single]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -139,6 +140,8 @@ uint32_t Clusters(const std::vector<SegmentPlan>& plan) {
 int main(int argc, char** argv) {
   std::vector<uint64_t> contexts = {32768, 131072, 524288, 1048576};
   int kv_heads = 8, head_dim = 128, reps = 3, layers = 32;
+  KMeansScorer scorer = KMeansScorer::kAuto;
+  bool fused_update = true, single = true;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](const char* flag) -> const char* {
@@ -159,6 +162,15 @@ int main(int argc, char** argv) {
       reps = std::atoi(v);
     } else if (const char* v = value("--layers")) {
       layers = std::atoi(v);
+    } else if (const char* v = value("--scorer")) {
+      const std::string x = v;
+      scorer = x == "mma"     ? KMeansScorer::kMmaSync
+               : x == "wgmma" ? KMeansScorer::kWgmma
+                              : KMeansScorer::kAuto;
+    } else if (const char* v = value("--update")) {
+      fused_update = std::string(v) != "sort";
+    } else if (a == "--no_single") {
+      single = false;
     } else {
       std::fprintf(stderr, "unknown flag %s\n", argv[i]);
       return 2;
@@ -166,8 +178,14 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop;
   if (!Check(cudaGetDeviceProperties(&prop, 0), "device")) return 1;
-  std::printf("device: %s, %d SMs; fp16 keys/values, %d kv heads, d=%d\n\n",
+  std::printf("device: %s, %d SMs; fp16 keys/values, %d kv heads, d=%d\n",
               prop.name, prop.multiProcessorCount, kv_heads, head_dim);
+  std::printf("scorer: %s (wgmma available: %s), update: %s\n\n",
+              scorer == KMeansScorer::kMmaSync ? "mma.sync"
+              : scorer == KMeansScorer::kWgmma ? "wgmma"
+                                               : "auto",
+              KMeansWgmmaAvailable() ? "yes" : "no",
+              fused_update ? "fused" : "global sort");
   std::printf("| what | context | plan | problems x clusters | build ms |");
   for (const char* p : kPhaseNames) std::printf(" %s |", p);
   std::printf(" workspace GiB |\n|---|---|---|---|---|");
@@ -205,13 +223,15 @@ int main(int argc, char** argv) {
       plan.num_tokens = static_cast<uint32_t>(block);
       plan.segments = wavekv::PlanSegments(params, block);
       plan.iterations = params.kmeans_iterations;
+      plan.scorer = scorer;
+      plan.fused_update = fused_update;
       GpuSegmentedKMeans km;
       Timing t;
       ok = TimeRun(km, plan, problems, reps, t) && ok;
       PrintRow("prefill", n, "engine", problems.size(), Clusters(plan.segments),
                t);
     }
-    {
+    if (single) {
       std::vector<KMeansProblem> problems;
       for (int h = 0; h < kv_heads; ++h) {
         const int64_t off = static_cast<int64_t>(h) * head_dim * 2;
@@ -223,6 +243,8 @@ int main(int argc, char** argv) {
       plan.num_tokens = static_cast<uint32_t>(n);
       plan.segments = wavekv::PlanSegments(params, n);
       plan.iterations = params.kmeans_iterations;
+      plan.scorer = scorer;
+      plan.fused_update = fused_update;
       GpuSegmentedKMeans km;
       Timing t;
       ok = TimeRun(km, plan, problems, n >= 524288 ? 1 : reps, t) && ok;
@@ -258,6 +280,8 @@ int main(int argc, char** argv) {
     plan.num_tokens = static_cast<uint32_t>(m);
     plan.segments = wavekv::PlanSegments(params, m);
     plan.iterations = params.kmeans_iterations;
+    plan.scorer = scorer;
+    plan.fused_update = fused_update;
     GpuSegmentedKMeans km;
     Timing t;
     ok = TimeRun(km, plan, problems, 10, t) && ok;

@@ -27,13 +27,14 @@ uint32_t TotalClusters(const GpuKMeansPlan& plan) {
 // Offsets of every array inside the one workspace allocation.
 struct Layout {
   size_t problems, segments, seg_tiles, all_tiles, mean_partials, mean, xhat,
-      cent, keys_in, keys_out, vals_in, offsets, flags, assignment, slot_tokens,
-      sizes, centroids, value_sums, cub_temp, cub_bytes, total;
+      cent, keys_in, keys_out, vals_in, offsets, flags, seg_flags, update_jobs,
+      assignment, slot_tokens, sizes, centroids, value_sums, cub_temp,
+      cub_bytes, total;
 };
 
 Layout MakeLayout(int num_problems, uint32_t n, uint32_t k, int d,
                   int num_segments, size_t seg_tiles, size_t all_tiles,
-                  int end_bit) {
+                  size_t update_jobs, int end_bit) {
   const size_t p = num_problems;
   const size_t items = p * n, groups = p * k;
   const size_t chunks = (n + kMeanChunkRows - 1) / kMeanChunkRows;
@@ -57,6 +58,8 @@ Layout MakeLayout(int num_problems, uint32_t n, uint32_t k, int d,
   l.vals_in = take(items * sizeof(uint32_t));
   l.offsets = take((groups + 1) * sizeof(uint32_t));
   l.flags = take(2 * sizeof(int));
+  l.seg_flags = take(3 * p * num_segments * sizeof(int));
+  l.update_jobs = take(update_jobs * sizeof(AssignTile));
   l.assignment = take(items * sizeof(uint32_t));
   l.slot_tokens = take(items * sizeof(uint32_t));
   l.sizes = take(groups * sizeof(uint32_t));
@@ -70,17 +73,42 @@ Layout MakeLayout(int num_problems, uint32_t n, uint32_t k, int d,
 
 std::vector<AssignTile> SegmentTiles(const GpuKMeansPlan& plan) {
   std::vector<AssignTile> tiles;
-  uint32_t first = 0;
+  uint32_t first = 0, seg = 0;
   for (const SegmentPlan& s : plan.segments) {
     for (uint64_t r = s.begin; r < s.end; r += kAssignRows) {
       tiles.push_back(
           {static_cast<uint32_t>(r),
            static_cast<uint32_t>(std::min<uint64_t>(s.end, r + kAssignRows)),
-           first, first + s.num_clusters});
+           first, first + s.num_clusters, seg});
     }
     first += s.num_clusters;
+    ++seg;
   }
   return tiles;
+}
+
+// Fused-update jobs: (segment, chunk of <= kFusedClusters clusters).
+std::vector<AssignTile> UpdateJobs(const GpuKMeansPlan& plan) {
+  std::vector<AssignTile> jobs;
+  uint32_t first = 0, seg = 0;
+  for (const SegmentPlan& s : plan.segments) {
+    for (uint32_t c = 0; c < s.num_clusters; c += kFusedClusters) {
+      jobs.push_back(
+          {static_cast<uint32_t>(s.begin), static_cast<uint32_t>(s.end),
+           first + c,
+           first + std::min<uint32_t>(s.num_clusters, c + kFusedClusters),
+           seg});
+    }
+    first += s.num_clusters;
+    ++seg;
+  }
+  return jobs;
+}
+
+uint64_t MaxSegmentRows(const GpuKMeansPlan& plan) {
+  uint64_t m = 0;
+  for (const SegmentPlan& s : plan.segments) m = std::max(m, s.end - s.begin);
+  return m;
 }
 
 std::vector<AssignTile> AllTiles(uint32_t n, uint32_t k) {
@@ -132,6 +160,12 @@ absl::Status GpuSegmentedKMeans::Validate(
   }
   if (plan.num_tokens == 0) {
     return absl::InvalidArgumentError("num_tokens: must be > 0");
+  }
+  if (plan.scorer != KMeansScorer::kAuto &&
+      plan.scorer != KMeansScorer::kMmaSync &&
+      plan.scorer != KMeansScorer::kWgmma) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("scorer: unknown value ", static_cast<int>(plan.scorer)));
   }
   uint64_t expect = 0, clusters = 0;
   for (size_t s = 0; s < plan.segments.size(); ++s) {
@@ -191,12 +225,28 @@ absl::Status GpuSegmentedKMeans::Run(const GpuKMeansPlan& plan,
   const int end_bit = std::max(1, static_cast<int>(std::bit_width(groups - 1)));
   const std::vector<AssignTile> seg_tiles = SegmentTiles(plan);
   const std::vector<AssignTile> all_tiles = AllTiles(n, k);
+  const bool fused =
+      plan.fused_update && MaxSegmentRows(plan) <= kFusedMaxSegmentRows;
+  const std::vector<AssignTile> jobs =
+      fused ? UpdateJobs(plan) : std::vector<AssignTile>{};
+  bool wgmma = false;
+  if (plan.scorer == KMeansScorer::kWgmma) {
+    if (!KMeansWgmmaAvailable()) {
+      return absl::FailedPreconditionError(
+          "scorer: wgmma needs an sm_90a build on a compute capability 9.0 "
+          "GPU");
+    }
+    wgmma = true;
+  } else if (plan.scorer == KMeansScorer::kAuto) {
+    wgmma = KMeansWgmmaAvailable();
+  }
   if (seg_tiles.size() > std::numeric_limits<int32_t>::max() ||
       all_tiles.size() > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError("num_tokens: too many tiles");
   }
-  const Layout l = MakeLayout(np, n, k, d, plan.segments.size(),
-                              seg_tiles.size(), all_tiles.size(), end_bit);
+  const Layout l =
+      MakeLayout(np, n, k, d, plan.segments.size(), seg_tiles.size(),
+                 all_tiles.size(), jobs.size(), end_bit);
   if (l.cub_bytes == 0) {
     return absl::InternalError("kmeans: CUB sort size query failed");
   }
@@ -242,6 +292,9 @@ absl::Status GpuSegmentedKMeans::Run(const GpuKMeansPlan& plan,
     err = upload(l.all_tiles, all_tiles.data(),
                  all_tiles.size() * sizeof(AssignTile));
   }
+  if (err == cudaSuccess && !jobs.empty()) {
+    err = upload(l.update_jobs, jobs.data(), jobs.size() * sizeof(AssignTile));
+  }
   if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
   if (err != cudaSuccess) return CudaError(err, "uploading the plan");
 
@@ -255,6 +308,12 @@ absl::Status GpuSegmentedKMeans::Run(const GpuKMeansPlan& plan,
   a.num_segments = static_cast<int>(segs.size());
   a.iterations = static_cast<int>(plan.iterations);
   a.end_bit = end_bit;
+  a.fused_update = fused;
+  a.wgmma = wgmma;
+  a.update_jobs = reinterpret_cast<const AssignTile*>(base + l.update_jobs);
+  a.num_update_jobs = static_cast<int>(jobs.size());
+  a.max_segment_rows = static_cast<uint32_t>(MaxSegmentRows(plan));
+  a.seg_flags = reinterpret_cast<int*>(base + l.seg_flags);
   a.problems = reinterpret_cast<const KMeansProblem*>(base + l.problems);
   a.segments = reinterpret_cast<const KMeansSegment*>(base + l.segments);
   a.seg_tiles = reinterpret_cast<const AssignTile*>(base + l.seg_tiles);

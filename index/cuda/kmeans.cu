@@ -23,9 +23,12 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include "index/cuda/kmeans_raw.h"
+#include "index/cuda/kmeans_wgmma.cuh"
 
 namespace wavekv::cuda {
 namespace {
+
+using kmeans_wgmma::EarlyStop;
 
 __device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 x) {
@@ -63,7 +66,8 @@ __global__ void MeanPartialKernel(KMeansRawArgs a, int chunks) {
   double acc = 0.0;
   bool bad = false;
   for (uint32_t t = t0; t < t1; ++t) {
-    const float x = ToFloat(keys[static_cast<int64_t>(t) * prob.row_stride + j]);
+    const float x =
+        ToFloat(keys[static_cast<int64_t>(t) * prob.row_stride + j]);
     bad |= !isfinite(x);
     acc += x;
   }
@@ -88,8 +92,8 @@ __global__ void MeanFinalKernel(KMeansRawArgs a, int chunks) {
 template <typename T, int D>
 __global__ void CentreKernel(KMeansRawArgs a) {
   constexpr int EPL = D / 32;
-  const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                     threadIdx.x) / 32;
+  const int64_t w =
+      (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   const int64_t total = static_cast<int64_t>(a.num_problems) * a.num_tokens;
   if (w >= total) return;  // warp-uniform
@@ -118,8 +122,8 @@ __global__ void CentreKernel(KMeansRawArgs a) {
 // floor(c*n/k + n/(2k)), as index/kmeans.cc.
 template <int D>
 __global__ void InitKernel(KMeansRawArgs a) {
-  const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                     threadIdx.x) / 32;
+  const int64_t w =
+      (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (w >= static_cast<int64_t>(a.num_problems) * a.num_clusters) return;
   const int p = static_cast<int>(w / a.num_clusters);
@@ -143,8 +147,8 @@ struct AssignCfg {
   static constexpr int kThreads = 256;
   static constexpr int BM = kAssignRows;
   static constexpr int BN = D == 256 ? 64 : 128;
-  static constexpr int LD = D + 8;     // fp16 per smem row (16 B padding)
-  static constexpr int NT = BN / 16;   // n8 tiles per warp (2 warps on N)
+  static constexpr int LD = D + 8;    // fp16 per smem row (16 B padding)
+  static constexpr int NT = BN / 16;  // n8 tiles per warp (2 warps on N)
   static constexpr int kSmemBytes = (BM + 2 * BN) * LD * 2;
 };
 
@@ -166,10 +170,9 @@ __device__ __forceinline__ void CpAsyncWait() {
 __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4],
                                            const uint16_t* smem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile(
-      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-      : "r"(s));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
 }
 
 __device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4],
@@ -195,7 +198,7 @@ template <int D>
 __global__ void __launch_bounds__(256)
     AssignKernel(const AssignTile* tiles, const uint16_t* xhat,
                  const uint16_t* cent, uint32_t n, uint32_t k,
-                 uint32_t* assignment, uint32_t* sort_keys) {
+                 uint32_t* assignment, uint32_t* sort_keys, EarlyStop stop) {
   using C = AssignCfg<D>;
   constexpr int CH = D / 8;  // 16-byte chunks per row
   extern __shared__ __align__(16) uint16_t smem[];
@@ -203,6 +206,8 @@ __global__ void __launch_bounds__(256)
   uint16_t* bs = smem + C::BM * C::LD;
   const AssignTile tile = tiles[blockIdx.x];
   const int p = blockIdx.y;
+  const int ps = p * stop.num_segments + static_cast<int>(tile.segment);
+  if (stop.converged != nullptr && stop.converged[ps] != 0) return;
   const uint16_t* x = xhat + static_cast<int64_t>(p) * n * D;
   const uint16_t* cp = cent + static_cast<int64_t>(p) * k * D;
 
@@ -210,10 +215,10 @@ __global__ void __launch_bounds__(256)
     const int r = i / CH, ch = i % CH;
     const uint32_t row = tile.row_begin + r;
     const bool valid = row < tile.row_end;
-    CpAsync16(as + r * C::LD + ch * 8,
-              x + static_cast<int64_t>(valid ? row : tile.row_begin) * D +
-                  ch * 8,
-              valid);
+    CpAsync16(
+        as + r * C::LD + ch * 8,
+        x + static_cast<int64_t>(valid ? row : tile.row_begin) * D + ch * 8,
+        valid);
   }
   auto load_b = [&](int stage, uint32_t n0) {
     uint16_t* dst = bs + stage * C::BN * C::LD;
@@ -221,10 +226,10 @@ __global__ void __launch_bounds__(256)
       const int r = i / CH, ch = i % CH;
       const uint32_t c = n0 + r;
       const bool valid = c < tile.cent_end;
-      CpAsync16(dst + r * C::LD + ch * 8,
-                cp + static_cast<int64_t>(valid ? c : tile.cent_begin) * D +
-                    ch * 8,
-                valid);
+      CpAsync16(
+          dst + r * C::LD + ch * 8,
+          cp + static_cast<int64_t>(valid ? c : tile.cent_begin) * D + ch * 8,
+          valid);
     }
   };
   load_b(0, tile.cent_begin);
@@ -269,8 +274,8 @@ __global__ void __launch_bounds__(256)
       }
 #pragma unroll
       for (int np = 0; np < C::NT / 2; ++np) {
-        const int nrow = wn * (C::BN / 2) + np * 16 + (lane % 8) +
-                         (lane / 16) * 8;
+        const int nrow =
+            wn * (C::BN / 2) + np * 16 + (lane % 8) + (lane / 16) * 8;
         uint32_t bf[4];
         LdMatrixX4(bf, b + nrow * C::LD + k0 + ((lane / 8) % 2) * 8);
 #pragma unroll
@@ -332,6 +337,7 @@ __global__ void __launch_bounds__(256)
     }
   }
   __syncthreads();
+  bool diff = false;
   if (wn == 0 && lane % 4 == 0) {
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
@@ -345,10 +351,16 @@ __global__ void __launch_bounds__(256)
         Better(v, c, red_v[r], red_i[r]);
         if (c == 0xffffffffu) c = tile.cent_begin;  // all scores NaN
         const int64_t at = static_cast<int64_t>(p) * n + row;
+        if (stop.changed != nullptr) diff |= assignment[at] != c;
         assignment[at] = c;
-        sort_keys[at] = static_cast<uint32_t>(p) * k + c;
+        if (sort_keys != nullptr) {
+          sort_keys[at] = static_cast<uint32_t>(p) * k + c;
+        }
       }
     }
+  }
+  if (stop.changed != nullptr) {
+    if (__syncthreads_or(diff) && threadIdx.x == 0) stop.changed[ps] = 1;
   }
 }
 
@@ -357,12 +369,12 @@ __global__ void __launch_bounds__(256)
 // offsets[g] = first sorted position of global cluster g (P*K + 1 entries).
 __global__ void OffsetsKernel(const uint32_t* sorted_keys, int64_t num_items,
                               int64_t num_groups, uint32_t* offsets) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                    threadIdx.x;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= num_items) return;
   const int64_t key = sorted_keys[i];
   const int64_t prev = i == 0 ? -1 : static_cast<int64_t>(sorted_keys[i - 1]);
-  for (int64_t g = prev + 1; g <= key; ++g) offsets[g] = static_cast<uint32_t>(i);
+  for (int64_t g = prev + 1; g <= key; ++g)
+    offsets[g] = static_cast<uint32_t>(i);
   if (i == num_items - 1) {
     for (int64_t g = key + 1; g <= num_groups; ++g) {
       offsets[g] = static_cast<uint32_t>(num_items);
@@ -379,8 +391,8 @@ int SortByCluster(const KMeansRawArgs& a, uint32_t* vals_out,
       vals_out, static_cast<int>(items), 0, a.end_bit, stream);
   if (err != cudaSuccess) return err;
   const int64_t groups = static_cast<int64_t>(a.num_problems) * a.num_clusters;
-  OffsetsKernel<<<static_cast<unsigned>((items + 255) / 256), 256, 0,
-                  stream>>>(a.sort_keys_out, items, groups, a.offsets);
+  OffsetsKernel<<<static_cast<unsigned>((items + 255) / 256), 256, 0, stream>>>(
+      a.sort_keys_out, items, groups, a.offsets);
   return cudaGetLastError();
 }
 
@@ -391,8 +403,8 @@ int SortByCluster(const KMeansRawArgs& a, uint32_t* vals_out,
 template <typename T, int D>
 __global__ void UpdateKernel(KMeansRawArgs a, const uint32_t* members) {
   constexpr int EPL = D / 32;
-  const int64_t g = (static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                     threadIdx.x) / 32;
+  const int64_t g =
+      (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (g >= static_cast<int64_t>(a.num_problems) * a.num_clusters) return;
   const uint32_t b = a.offsets[g], e = a.offsets[g + 1];
@@ -424,11 +436,164 @@ __global__ void UpdateKernel(KMeansRawArgs a, const uint32_t* members) {
   for (int j = 0; j < EPL; ++j) out[j] = HalfBits(s[j] * inv);
 }
 
+// Fused in-segment update, one block per job = (problem blockIdx.y,
+// segment, chunk of <= kFusedClusters clusters), for iteration `it`:
+//   early stop: a segment whose assignment did not change in iteration it
+//     (> 0) is converged: its centroids are a fixed point, so stopping
+//     leaves every later result unchanged (index/kmeans.cc does the same);
+//   counting sort in shared memory: each warp takes a contiguous run of the
+//     segment's tokens; per-warp counts per cluster, a scan, then a stable
+//     scatter (__match_any_sync ranks lanes of one cluster in lane order),
+//     so members come out cluster-major in token order;
+//   sums: one warp per cluster, fp32 in token order, normalised, exactly as
+//     UpdateKernel computes them from the global sort.
+template <typename T, int D>
+__global__ void __launch_bounds__(256)
+    FusedUpdateKernel(KMeansRawArgs a, int it) {
+  constexpr int EPL = D / 32;
+  constexpr int W = 8;                 // warps
+  constexpr int B = EPL <= 4 ? 8 : 4;  // member rows in flight per warp
+  constexpr uint32_t kNone = 0xffffu;
+  extern __shared__ __align__(16) uint16_t fsm[];
+  __shared__ uint32_t hist[W][kFusedClusters];
+  __shared__ uint32_t start[kFusedClusters + 1];
+  const AssignTile job = a.update_jobs[blockIdx.x];
+  const int p = blockIdx.y;
+  const int pss = a.num_problems * a.num_segments;
+  const int ps = p * a.num_segments + static_cast<int>(job.segment);
+  int* changed = a.seg_flags;
+  int* converged = a.seg_flags + 2 * pss;
+  if (converged[ps] != 0) return;
+  if (it > 0 && changed[(it & 1) * pss + ps] == 0) {
+    if (threadIdx.x == 0) converged[ps] = 1;
+    return;
+  }
+  if (threadIdx.x == 0) changed[((it + 1) & 1) * pss + ps] = 0;
+
+  const uint32_t seg_n = job.row_end - job.row_begin;
+  const uint32_t c0 = job.cent_begin, cnt = job.cent_end - job.cent_begin;
+  uint16_t* loc = fsm;  // [seg_n], chunk-local cluster
+  uint16_t* members = fsm + ((seg_n + 7) & ~7u);  // [seg_n], token - begin
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int i = threadIdx.x; i < W * kFusedClusters; i += 256) {
+    hist[i / kFusedClusters][i % kFusedClusters] = 0;
+  }
+  __syncthreads();
+  const uint32_t per_warp = (seg_n + W - 1) / W;
+  const uint32_t w0 = min(seg_n, warp * per_warp);
+  const uint32_t w1 = min(seg_n, w0 + per_warp);
+  const uint32_t* asg =
+      a.assignment + static_cast<int64_t>(p) * a.num_tokens + job.row_begin;
+  for (uint32_t base = w0; base < w1; base += 32) {  // warp-uniform
+    const uint32_t i = base + lane;
+    uint32_t c = kNone;
+    if (i < w1) {
+      const uint32_t g = asg[i] - c0;
+      if (g < cnt) c = g;
+      loc[i] = static_cast<uint16_t>(c);
+    }
+    const uint32_t peers = __match_any_sync(~0u, c);
+    if (c != kNone && lane == __ffs(peers) - 1) hist[warp][c] += __popc(peers);
+    __syncwarp();
+  }
+  __syncthreads();
+  if (warp == 0) {
+    // Cluster j = 2 * lane + {0, 1}: totals, exclusive scan, per-warp starts.
+    const int j0 = 2 * lane, j1 = j0 + 1;
+    uint32_t t0 = 0, t1 = 0;
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+      t0 += hist[w][j0];
+      t1 += hist[w][j1];
+    }
+    uint32_t incl = t0 + t1;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const uint32_t o = __shfl_up_sync(~0u, incl, off);
+      if (lane >= off) incl += o;
+    }
+    const uint32_t excl = incl - (t0 + t1);
+    start[j0] = excl;
+    start[j1] = excl + t0;
+    if (lane == 31) start[kFusedClusters] = incl;
+    uint32_t r0 = excl, r1 = excl + t0;
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+      const uint32_t h0 = hist[w][j0], h1 = hist[w][j1];
+      hist[w][j0] = r0;
+      hist[w][j1] = r1;
+      r0 += h0;
+      r1 += h1;
+    }
+  }
+  __syncthreads();
+  for (uint32_t base = w0; base < w1; base += 32) {  // warp-uniform
+    const uint32_t i = base + lane;
+    const uint32_t c = i < w1 ? loc[i] : kNone;
+    const uint32_t peers = __match_any_sync(~0u, c);
+    if (c != kNone) {
+      members[hist[warp][c] + __popc(peers & ((1u << lane) - 1))] =
+          static_cast<uint16_t>(i);
+    }
+    __syncwarp();
+    if (c != kNone && lane == __ffs(peers) - 1) hist[warp][c] += __popc(peers);
+    __syncwarp();
+  }
+  __syncthreads();
+
+  const KMeansProblem prob = a.problems[p];
+  const T* keys = static_cast<const T*>(prob.keys) +
+                  static_cast<int64_t>(job.row_begin) * prob.row_stride;
+  float m[EPL];
+#pragma unroll
+  for (int j = 0; j < EPL; ++j) m[j] = a.mean[p * D + lane * EPL + j];
+  for (uint32_t j = warp; j < cnt; j += W) {
+    const uint32_t b = start[j], e = start[j + 1];
+    if (b == e) continue;
+    float s[EPL];
+#pragma unroll
+    for (int q = 0; q < EPL; ++q) s[q] = 0.f;
+    uint32_t i = b;
+    for (; i + B <= e; i += B) {
+      float x[B][EPL];
+#pragma unroll
+      for (int u = 0; u < B; ++u) {
+        LoadLane<EPL>(
+            keys + static_cast<int64_t>(members[i + u]) * prob.row_stride, lane,
+            x[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < B; ++u) {
+#pragma unroll
+        for (int q = 0; q < EPL; ++q) s[q] += x[u][q] - m[q];
+      }
+    }
+    for (; i < e; ++i) {
+      float x[EPL];
+      LoadLane<EPL>(keys + static_cast<int64_t>(members[i]) * prob.row_stride,
+                    lane, x);
+#pragma unroll
+      for (int q = 0; q < EPL; ++q) s[q] += x[q] - m[q];
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int q = 0; q < EPL; ++q) ss += s[q] * s[q];
+    const float norm = sqrtf(WarpSum(ss));
+    if (!(norm > 0.f) || !isfinite(norm)) continue;  // warp-uniform
+    const float inv = 1.f / norm;
+    uint16_t* out = a.cent +
+                    (static_cast<int64_t>(p) * a.num_clusters + c0 + j) * D +
+                    lane * EPL;
+#pragma unroll
+    for (int q = 0; q < EPL; ++q) out[q] = HalfBits(s[q] * inv);
+  }
+}
+
 template <typename T, int D>
 __global__ void StatsKernel(KMeansRawArgs a) {
   constexpr int EPL = D / 32;
-  const int64_t g = (static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                     threadIdx.x) / 32;
+  const int64_t g =
+      (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (g >= static_cast<int64_t>(a.num_problems) * a.num_clusters) return;
   const uint32_t b = a.offsets[g], e = a.offsets[g + 1];
@@ -441,7 +606,8 @@ __global__ void StatsKernel(KMeansRawArgs a) {
   for (int j = 0; j < EPL; ++j) ks[j] = vs[j] = 0.0;
   bool bad = false;
   for (uint32_t i = b; i < e; ++i) {
-    const int64_t off = static_cast<int64_t>(a.slot_tokens[i]) * prob.row_stride;
+    const int64_t off =
+        static_cast<int64_t>(a.slot_tokens[i]) * prob.row_stride;
     float x[EPL], v[EPL];
     LoadLane<EPL>(keys + off, lane, x);
     LoadLane<EPL>(values + off, lane, v);
@@ -477,16 +643,14 @@ int Pipeline(const KMeansRawArgs& a, cudaStream_t stream) {
     if (a.mark != nullptr) a.mark(a.mark_ctx, phase);
   };
   cudaError_t err;
-#define WAVEKV_CHECK_LAUNCH()                     \
-  do {                                            \
-    if ((err = cudaGetLastError()) != cudaSuccess) \
-      return err;                                 \
+#define WAVEKV_CHECK_LAUNCH()                                  \
+  do {                                                         \
+    if ((err = cudaGetLastError()) != cudaSuccess) return err; \
   } while (0)
 
   const int chunks = (a.num_tokens + kMeanChunkRows - 1) / kMeanChunkRows;
   const int64_t rows = static_cast<int64_t>(a.num_problems) * a.num_tokens;
-  const int64_t groups =
-      static_cast<int64_t>(a.num_problems) * a.num_clusters;
+  const int64_t groups = static_cast<int64_t>(a.num_problems) * a.num_clusters;
   if ((err = cudaMemsetAsync(a.flags, 0, 2 * sizeof(int), stream)) !=
       cudaSuccess) {
     return err;
@@ -503,27 +667,69 @@ int Pipeline(const KMeansRawArgs& a, cudaStream_t stream) {
   mark(kPhaseCentre);
 
   constexpr int kSmem = AssignCfg<D>::kSmemBytes;
-  if ((err = cudaFuncSetAttribute(AssignKernel<D>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  kSmem)) != cudaSuccess) {
-    return err;
+  constexpr int kWgSmem = kmeans_wgmma::Cfg<D>::kSmemBytes;
+  if (a.wgmma) {
+    err = cudaFuncSetAttribute(kmeans_wgmma::WgmmaAssignKernel<D>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               kWgSmem);
+  } else {
+    err = cudaFuncSetAttribute(
+        AssignKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  }
+  if (err != cudaSuccess) return err;
+  auto assign = [&](const AssignTile* tiles, int num_tiles, uint32_t* keys,
+                    EarlyStop stop) {
+    const dim3 grid(num_tiles, a.num_problems);
+    if (a.wgmma) {
+      kmeans_wgmma::WgmmaAssignKernel<D><<<grid, 256, kWgSmem, stream>>>(
+          tiles, a.xhat, a.cent, a.num_tokens, a.num_clusters, a.assignment,
+          keys, stop);
+    } else {
+      AssignKernel<D><<<grid, 256, kSmem, stream>>>(
+          tiles, a.xhat, a.cent, a.num_tokens, a.num_clusters, a.assignment,
+          keys, stop);
+    }
+  };
+  const int64_t pss = static_cast<int64_t>(a.num_problems) * a.num_segments;
+  const size_t fused_smem = 4u * ((a.max_segment_rows + 7) & ~7u);
+  if (a.fused_update) {
+    if ((err = cudaMemsetAsync(a.seg_flags, 0, 3 * pss * sizeof(int),
+                               stream)) != cudaSuccess) {
+      return err;
+    }
+    if ((err = cudaFuncSetAttribute(FusedUpdateKernel<T, D>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(fused_smem))) !=
+        cudaSuccess) {
+      return err;
+    }
   }
   for (int it = 0; it < a.iterations; ++it) {
-    AssignKernel<D><<<dim3(a.num_seg_tiles, a.num_problems), 256, kSmem,
-                      stream>>>(a.seg_tiles, a.xhat, a.cent, a.num_tokens,
-                                a.num_clusters, a.assignment, a.sort_keys_in);
+    if (a.fused_update) {
+      EarlyStop stop;
+      stop.converged = a.seg_flags + 2 * pss;
+      stop.changed = it > 0 ? a.seg_flags + (it & 1) * pss : nullptr;
+      stop.num_segments = a.num_segments;
+      assign(a.seg_tiles, a.num_seg_tiles, nullptr, stop);
+      WAVEKV_CHECK_LAUNCH();
+      mark(kPhaseAssign);
+      FusedUpdateKernel<T, D><<<dim3(a.num_update_jobs, a.num_problems), 256,
+                                fused_smem, stream>>>(a, it);
+      WAVEKV_CHECK_LAUNCH();
+      mark(kPhaseUpdate);
+      continue;
+    }
+    assign(a.seg_tiles, a.num_seg_tiles, a.sort_keys_in, EarlyStop{});
     WAVEKV_CHECK_LAUNCH();
     mark(kPhaseAssign);
     if (int e = SortByCluster(a, a.slot_tokens, stream)) return e;
     mark(kPhaseSort);
-    UpdateKernel<T, D><<<WarpBlocks(groups), 256, 0, stream>>>(
-        a, a.slot_tokens);
+    UpdateKernel<T, D>
+        <<<WarpBlocks(groups), 256, 0, stream>>>(a, a.slot_tokens);
     WAVEKV_CHECK_LAUNCH();
     mark(kPhaseUpdate);
   }
-  AssignKernel<D><<<dim3(a.num_all_tiles, a.num_problems), 256, kSmem,
-                    stream>>>(a.all_tiles, a.xhat, a.cent, a.num_tokens,
-                              a.num_clusters, a.assignment, a.sort_keys_in);
+  assign(a.all_tiles, a.num_all_tiles, a.sort_keys_in, EarlyStop{});
   WAVEKV_CHECK_LAUNCH();
   mark(kPhaseFinalAssign);
   if (int e = SortByCluster(a, a.slot_tokens, stream)) return e;
@@ -550,13 +756,31 @@ int DispatchDim(const KMeansRawArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
+bool KMeansWgmmaAvailable() {
+  static const bool available = [] {
+    int* d = nullptr;
+    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    int h = 0;
+    kmeans_wgmma::ProbeKernel<<<1, 1>>>(d);
+    bool ok =
+        cudaGetLastError() == cudaSuccess &&
+        cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+    cudaFree(d);
+    cudaGetLastError();
+    return ok && h == 1;
+  }();
+  return available;
+}
+
 size_t KMeansSortTempBytes(int64_t num_items, int end_bit) {
   size_t bytes = 0;
   cudaError_t err = cub::DeviceRadixSort::SortPairs(
       nullptr, bytes, static_cast<const uint32_t*>(nullptr),
       static_cast<uint32_t*>(nullptr), static_cast<const uint32_t*>(nullptr),
-      static_cast<uint32_t*>(nullptr), static_cast<int>(num_items), 0,
-      end_bit);
+      static_cast<uint32_t*>(nullptr), static_cast<int>(num_items), 0, end_bit);
   return err == cudaSuccess ? bytes : 0;
 }
 

@@ -14,7 +14,15 @@
 //     different cluster than the CPU's fp32 scoring; member sums and the
 //     final statistics are computed as on the CPU (fp32 / double, token
 //     order). Results are deterministic: no floating-point atomics; the
-//     cluster order comes from a stable radix sort.
+//     cluster order comes from a stable sort by cluster.
+//   - A segment whose assignment stops changing is converged and skips its
+//     remaining in-segment iterations (its centroids are a fixed point), as
+//     the CPU reference does: results equal those of running every
+//     iteration.
+//   - Implementation choices (GpuKMeansPlan::fused_update, ::scorer) change
+//     speed only: the fused update gives the same bits as the global sort;
+//     wgmma and mma.sync both accumulate fp16 products in fp32 (a near-tie
+//     may in principle round differently between the two scorers).
 //
 // Example:
 //   GpuSegmentedKMeans km;
@@ -46,6 +54,13 @@ struct GpuKMeansPlan {
   uint32_t num_tokens = 0;            // per problem, > 0
   std::vector<SegmentPlan> segments;  // must tile [0, num_tokens)
   uint32_t iterations = 9;            // 1..100
+  // In-segment update: per-segment counting sort in shared memory, one
+  // kernel per iteration, with the early stop (segments of at most
+  // kFusedMaxSegmentRows tokens; longer ones use the global sort).
+  bool fused_update = true;
+  // kAuto: wgmma where KMeansWgmmaAvailable(), else mma.sync. kWgmma where
+  // it is not available is FailedPrecondition.
+  KMeansScorer scorer = KMeansScorer::kAuto;
 };
 
 // One problem's results, copied to the host.
@@ -75,7 +90,7 @@ class GpuSegmentedKMeans {
 
   // Checks `plan` and `problems` without touching the GPU: InvalidArgument
   // naming the field (head_dim, dtype, num_tokens, segments[i], iterations,
-  // problems[i].keys/values/row_stride, or a size limit).
+  // scorer, problems[i].keys/values/row_stride, or a size limit).
   static absl::Status Validate(const GpuKMeansPlan& plan,
                                absl::Span<const KMeansProblem> problems);
 
@@ -100,6 +115,9 @@ class GpuSegmentedKMeans {
   const uint32_t* device_slot_tokens() const { return args_.slot_tokens; }
   const uint32_t* device_assignment() const { return args_.assignment; }
   size_t workspace_bytes() const { return capacity_; }
+  // Scorer and update of the last successful Run.
+  bool used_wgmma() const { return args_.wgmma; }
+  bool used_fused_update() const { return args_.fused_update; }
 
  private:
   void* buffer_ = nullptr;  // one cudaMalloc holding everything

@@ -27,14 +27,26 @@ struct KMeansSegment {
 };
 
 // Rows [row_begin, row_end) (at most kAssignRows) scored against centroids
-// [cent_begin, cent_end) of the same problem.
+// [cent_begin, cent_end) of the same problem; `segment` is the plan segment
+// of an in-segment tile. The fused update uses the same record for one
+// (segment, chunk of at most kFusedClusters clusters) job: rows = the
+// segment, cents = the chunk's clusters.
 struct AssignTile {
   uint32_t row_begin = 0, row_end = 0;
   uint32_t cent_begin = 0, cent_end = 0;
+  uint32_t segment = 0;
 };
 
 constexpr int kAssignRows = 128;
 constexpr int kMeanChunkRows = 512;
+// Fused in-segment update: clusters per block, and the longest segment it
+// takes (its counting sort lives in shared memory, 4 bytes per token).
+constexpr int kFusedClusters = 64;
+constexpr uint32_t kFusedMaxSegmentRows = 32768;
+
+// Scoring kernels: mma.sync (sm_80 and up) or wgmma (sm_90a builds on a
+// compute capability 9.0 GPU, see KMeansWgmmaAvailable).
+enum class KMeansScorer : int { kAuto = 0, kMmaSync = 1, kWgmma = 2 };
 
 // Phases reported to KMeansRawArgs::mark after their kernels are enqueued.
 enum KMeansPhase : int {
@@ -57,6 +69,11 @@ struct KMeansRawArgs {
   int num_segments = 0;
   int iterations = 0;
   int end_bit = 0;  // bits of num_problems * num_clusters (sort width)
+  // In-segment update: true = fused per-segment counting sort + sums with
+  // the early stop (segments <= kFusedMaxSegmentRows); false = global radix
+  // sort + one warp per cluster, every iteration. Same results either way.
+  bool fused_update = true;
+  bool wgmma = false;  // score with WgmmaAssignKernel (caller checked it)
 
   // Device arrays.
   const KMeansProblem* problems = nullptr;  // [num_problems]
@@ -65,6 +82,9 @@ struct KMeansRawArgs {
   int num_seg_tiles = 0;
   const AssignTile* all_tiles = nullptr;  // final scoring tiles
   int num_all_tiles = 0;
+  const AssignTile* update_jobs = nullptr;  // fused update jobs
+  int num_update_jobs = 0;
+  uint32_t max_segment_rows = 0;
 
   // Workspace (device), see KMeansWorkspaceLayout in kmeans.cc.
   double* mean_partials = nullptr;    // [P][chunks][D]
@@ -78,6 +98,9 @@ struct KMeansRawArgs {
   void* cub_temp = nullptr;
   size_t cub_temp_bytes = 0;
   int* flags = nullptr;  // [2]: non-finite key, non-finite value
+  // [3][P * S] (fused update): changed-in-iteration (two, by parity) and
+  // converged, per (problem, segment).
+  int* seg_flags = nullptr;
 
   // Outputs (device).
   uint32_t* assignment = nullptr;   // [P][n]
@@ -96,6 +119,11 @@ size_t KMeansSortTempBytes(int64_t num_items, int end_bit);
 
 // Enqueues the whole pipeline; returns a cudaError_t value (0 = ok).
 int LaunchKMeansRaw(const KMeansRawArgs& args, cudaStream_t stream);
+
+// Whether the wgmma scorer runs on the current device (this build holds
+// sm_90a code and the device loaded it). Probes once per process with a
+// tiny kernel; false on any error.
+bool KMeansWgmmaAvailable();
 
 }  // namespace wavekv::cuda
 

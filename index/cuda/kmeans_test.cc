@@ -6,6 +6,10 @@
 // - Random data: every structural invariant holds, and the mean cosine of
 //   each centred key to its centred centroid is within 2% (relative) of the
 //   CPU's: the GPU scores in fp16, so near-ties may go the other way.
+// - Implementation paths: the fused in-segment update (with its early stop)
+//   gives the same bits as the global-sort update; the wgmma scorer
+//   (sm_90a) agrees with mma.sync; segments too long for the fused update
+//   fall back to the global sort.
 // GPU cases skip (with the reason) where no GPU exists; validation cases
 // run everywhere.
 #include "index/cuda/kmeans.h"
@@ -148,12 +152,20 @@ class GpuKMeansTest : public ::testing::TestWithParam<Case> {};
 struct Batch {
   std::vector<std::vector<float>> keys, values;  // decoded (what GPU reads)
   std::vector<GpuKMeansResult> results;
+  bool used_wgmma = false, used_fused_update = false;
+};
+
+// Implementation choices of one run (GpuKMeansPlan's defaults unless set).
+struct Paths {
+  bool fused_update = true;
+  KMeansScorer scorer = KMeansScorer::kAuto;
+  uint32_t iterations = 9;
 };
 
 Batch RunBatch(DType dtype, size_t d, size_t n,
                const std::vector<SegmentPlan>& segments,
                std::vector<std::vector<float>> keys,
-               std::vector<std::vector<float>> values) {
+               std::vector<std::vector<float>> values, Paths paths = {}) {
   Batch b;
   const size_t p = keys.size();
   for (size_t i = 0; i < p; ++i) {
@@ -177,14 +189,37 @@ Batch RunBatch(DType dtype, size_t d, size_t n,
   plan.head_dim = static_cast<int>(d);
   plan.num_tokens = static_cast<uint32_t>(n);
   plan.segments = segments;
-  plan.iterations = 9;
+  plan.iterations = paths.iterations;
+  plan.fused_update = paths.fused_update;
+  plan.scorer = paths.scorer;
   GpuSegmentedKMeans km;
   absl::Status s = km.Run(plan, problems, nullptr);
   EXPECT_TRUE(s.ok()) << s;
   absl::StatusOr<std::vector<GpuKMeansResult>> r = km.CopyResults(nullptr);
   EXPECT_TRUE(r.ok()) << r.status();
   if (r.ok()) b.results = std::move(*r);
+  b.used_wgmma = km.used_wgmma();
+  b.used_fused_update = km.used_fused_update();
   return b;
+}
+
+// Every output of two runs, bit for bit.
+void ExpectSameBits(const Batch& a, const Batch& b, const std::string& what) {
+  SCOPED_TRACE(what);
+  ASSERT_EQ(a.results.size(), b.results.size());
+  for (size_t i = 0; i < a.results.size(); ++i) {
+    const GpuKMeansResult &x = a.results[i], &y = b.results[i];
+    EXPECT_EQ(x.assignment, y.assignment) << "problem " << i;
+    EXPECT_EQ(x.sizes, y.sizes) << "problem " << i;
+    EXPECT_EQ(x.slot_tokens, y.slot_tokens) << "problem " << i;
+    ASSERT_EQ(x.centroids.size(), y.centroids.size());
+    EXPECT_EQ(0, std::memcmp(x.centroids.data(), y.centroids.data(),
+                             x.centroids.size() * sizeof(float)))
+        << "problem " << i;
+    EXPECT_EQ(0, std::memcmp(x.value_sums.data(), y.value_sums.data(),
+                             x.value_sums.size() * sizeof(float)))
+        << "problem " << i;
+  }
 }
 
 TEST_P(GpuKMeansTest, SeparatedDataMatchesCpuExactly) {
@@ -250,6 +285,85 @@ TEST_P(GpuKMeansTest, RandomDataQualityAndInvariants) {
   }
 }
 
+// The fused update (per-segment counting sort, early stop) against the
+// global radix sort + per-cluster update, same scorer: identical bits, on
+// random data (no early stop) and on separated data (converges early).
+TEST_P(GpuKMeansTest, FusedUpdateGivesTheSameBitsAsGlobalSort) {
+  SKIP_WITHOUT_GPU();
+  const Case c = GetParam();
+  const size_t d = c.head_dim, n = 5000, p = 2;
+  const std::vector<SegmentPlan> segs = PlanSegments(Params(2048), n);
+  for (int separated = 0; separated < 2; ++separated) {
+    std::vector<std::vector<float>> keys, values;
+    for (size_t i = 0; i < p; ++i) {
+      keys.push_back(separated ? testing::SeparatedKeys(segs, n, d, 500 + i)
+                               : testing::RandomRows(n, d, 500 + i, 2.0f));
+      values.push_back(testing::RandomRows(n, d, 600 + i, 0.5f));
+    }
+    Paths sort_paths;
+    sort_paths.fused_update = false;
+    sort_paths.iterations = 20;
+    Paths fused_paths = sort_paths;
+    fused_paths.fused_update = true;
+    Batch a = RunBatch(c.dtype, d, n, segs, keys, values, sort_paths);
+    Batch b = RunBatch(c.dtype, d, n, segs, keys, values, fused_paths);
+    EXPECT_FALSE(a.used_fused_update);
+    EXPECT_TRUE(b.used_fused_update);
+    ExpectSameBits(a, b, separated ? "separated" : "random");
+  }
+}
+
+// wgmma scorer (where the device runs it) against mma.sync: separated data
+// equal the CPU exactly with both; on random data both accumulate fp16
+// products in fp32, and at most a few near-ties may differ.
+TEST_P(GpuKMeansTest, WgmmaScorerAgreesWithMmaSync) {
+  SKIP_WITHOUT_GPU();
+  if (!KMeansWgmmaAvailable()) {
+    GTEST_SKIP() << "wgmma scorer not available (needs sm_90a on CC 9.0)";
+  }
+  const Case c = GetParam();
+  const size_t d = c.head_dim, n = 3000, p = 2;
+  const std::vector<SegmentPlan> segs = PlanSegments(Params(1024), n);
+  std::vector<std::vector<float>> keys, values;
+  for (size_t i = 0; i < p; ++i) {
+    keys.push_back(testing::SeparatedKeys(segs, n, d, 700 + i));
+    values.push_back(testing::RandomRows(n, d, 800 + i, 0.5f));
+  }
+  Paths wg, mma;
+  wg.scorer = KMeansScorer::kWgmma;
+  mma.scorer = KMeansScorer::kMmaSync;
+  Batch a = RunBatch(c.dtype, d, n, segs, keys, values, wg);
+  Batch b = RunBatch(c.dtype, d, n, segs, keys, values, mma);
+  EXPECT_TRUE(a.used_wgmma);
+  EXPECT_FALSE(b.used_wgmma);
+  ExpectSameBits(a, b, "separated");
+  for (size_t i = 0; i < p; ++i) {
+    const CpuReference ref = CpuCluster(a.keys[i], a.values[i], n, d, segs, 9);
+    EXPECT_EQ(a.results[i].assignment, ref.km.assignment);
+    EXPECT_EQ(a.results[i].slot_tokens, ref.slot_tokens);
+  }
+  std::vector<std::vector<float>> rkeys, rvalues;
+  for (size_t i = 0; i < p; ++i) {
+    rkeys.push_back(testing::RandomRows(n, d, 900 + i, 2.0f));
+    rvalues.push_back(testing::RandomRows(n, d, 950 + i, 0.5f));
+  }
+  Batch ra = RunBatch(c.dtype, d, n, segs, rkeys, rvalues, wg);
+  Batch rb = RunBatch(c.dtype, d, n, segs, rkeys, rvalues, mma);
+  ASSERT_EQ(ra.results.size(), p);
+  ASSERT_EQ(rb.results.size(), p);
+  for (size_t i = 0; i < p; ++i) {
+    CheckInvariants(ra.results[i], ra.keys[i], ra.values[i], n, d, "wgmma");
+    size_t same = 0;
+    for (size_t t = 0; t < n; ++t) {
+      same += ra.results[i].assignment[t] == rb.results[i].assignment[t];
+    }
+    std::printf(
+        "[scorers] %s d=%zu problem %zu: %zu of %zu assignments equal\n",
+        std::string(DTypeName(c.dtype)).c_str(), d, i, same, n);
+    EXPECT_GE(same, n * 99 / 100);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, GpuKMeansTest,
     ::testing::Values(Case{DType::kFp16, 64}, Case{DType::kFp16, 128},
@@ -307,6 +421,23 @@ TEST(GpuKMeansEmptyClusters, ConstantSegmentLeavesEmptyClusters) {
   for (size_t t = segs[1].begin; t < n; ++t) {
     ASSERT_EQ(r.assignment[t], ref.km.assignment[t]) << "token " << t;
   }
+}
+
+// A segment longer than kFusedMaxSegmentRows takes the global-sort update
+// and still equals the CPU.
+TEST(GpuKMeansLongSegment, FallsBackToGlobalSort) {
+  SKIP_WITHOUT_GPU();
+  const size_t d = 64, n = kFusedMaxSegmentRows + 1000;
+  const std::vector<SegmentPlan> segs = {{0, n, 48}};
+  std::vector<std::vector<float>> keys = {
+      testing::SeparatedKeys(segs, n, d, 41)};
+  std::vector<std::vector<float>> values = {testing::RandomRows(n, d, 42, 0.f)};
+  Batch b = RunBatch(DType::kFp16, d, n, segs, keys, values);
+  ASSERT_EQ(b.results.size(), 1u);
+  EXPECT_FALSE(b.used_fused_update);
+  const CpuReference ref = CpuCluster(b.keys[0], b.values[0], n, d, segs, 9);
+  EXPECT_EQ(b.results[0].assignment, ref.km.assignment);
+  EXPECT_EQ(b.results[0].slot_tokens, ref.slot_tokens);
 }
 
 TEST(GpuKMeansDeterminism, SameInputSameBits) {
@@ -385,6 +516,9 @@ TEST(GpuKMeansValidation, RejectsBadPlansAndProblems) {
   bad = plan;
   bad.iterations = 0;
   expect_invalid(bad, {&ok, 1}, "iterations");
+  bad = plan;
+  bad.scorer = static_cast<KMeansScorer>(7);
+  expect_invalid(bad, {&ok, 1}, "scorer");
   bad = plan;
   bad.num_tokens = 0;
   expect_invalid(bad, {&ok, 1}, "num_tokens");
