@@ -9,46 +9,33 @@
 namespace wavekv::cuda {
 namespace {
 
-// Lookups are issued this many selected ids ahead of their use (the cells
-// of a 1M-token row span 512 KiB: nearly every lookup misses the caches).
+// Cells are requested this many selected ids ahead of their use (the cells
+// of a 1M-token row span 256 KiB, and the other rows and layers evict them
+// between steps: nearly every lookup misses the caches), a resident
+// cluster's queue position half as far ahead (once its cell has arrived).
 constexpr int kCellAhead = 64;
-constexpr int kSlotAhead = 32;  // resident clusters' slot entries
+constexpr int kSlotAhead = 32;
 
 template <typename T>
 inline void Prefetch(const T* p) {
   __builtin_prefetch(p, 1, 3);
 }
 
-struct Miss {
-  int32_t cluster;
-  int32_t first;  // row position this step, or -1
-};
-
-// Per-thread scratch of StepRow, kept across steps (no per-step allocation).
-struct Scratch {
-  std::vector<int32_t> hits;  // first slots, rank order
-  std::vector<Miss> misses;   // rank order
-};
-
-Scratch& ThreadScratch() {
-  thread_local Scratch s;
-  return s;
-}
-
 }  // namespace
 
 absl::StatusOr<WaveBufferLru> WaveBufferLru::Create(
     int num_rows, int num_clusters, std::vector<int32_t> cluster_sizes,
-    int slots_per_row, int slot_tokens, WaveBufferPolicy policy) {
+    int slots_per_row, int slot_tokens) {
   if (num_rows <= 0 || num_clusters < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("num_rows/num_clusters: ", num_rows, "/", num_clusters,
                      " (need num_rows > 0, num_clusters >= 0)"));
   }
-  if (slots_per_row < 0 || slot_tokens <= 0) {
+  if (slots_per_row < 0 || slots_per_row > kMaxSlotsPerRow ||
+      slot_tokens <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("slots_per_row/slot_tokens: ", slots_per_row, "/",
-                     slot_tokens, " (need >= 0 and > 0)"));
+                     slot_tokens, " (need 0..", kMaxSlotsPerRow, " and > 0)"));
   }
   if (int64_t{num_rows} * slots_per_row > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(
@@ -65,20 +52,20 @@ absl::StatusOr<WaveBufferLru> WaveBufferLru::Create(
   lru.num_clusters_ = num_clusters;
   lru.slots_per_row_ = slots_per_row;
   lru.slot_tokens_ = slot_tokens;
-  lru.policy_ = policy;
   lru.cells_.resize(n);
   lru.list_index_.resize(n);
   for (int r = 0; r < num_rows; ++r) {
     int64_t prefix = 0;
     for (int c = 0; c < num_clusters; ++c) {
       const int64_t k = lru.Key(r, c);
-      if (cluster_sizes[k] < 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "cluster_sizes[", k, "]: ", cluster_sizes[k], " is negative"));
+      const int32_t size = cluster_sizes[k];
+      if (size < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("cluster_sizes[", k, "]: ", size, " is negative"));
       }
-      lru.cells_[k] = {cluster_sizes[k], kNone};
+      lru.cells_[k] = std::min<uint32_t>(size, kSizeEscape);
       lru.list_index_[k] = static_cast<int32_t>(prefix);
-      prefix += lru.Pieces(cluster_sizes[k]);
+      prefix += lru.Pieces(size);
       if (prefix > std::numeric_limits<int32_t>::max()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "cluster_sizes: row ", r, " has more than 2^31 slot pieces"));
@@ -86,18 +73,19 @@ absl::StatusOr<WaveBufferLru> WaveBufferLru::Create(
     }
     lru.pieces_per_row_ = std::max(lru.pieces_per_row_, prefix);
   }
-  const int64_t total_slots = int64_t{num_rows} * slots_per_row;
-  lru.slots_.assign(total_slots, Slot{-1, 0, -1, -1, -1});
-  lru.free_.resize(total_slots);
-  lru.num_free_.assign(num_rows, slots_per_row);
-  for (int r = 0; r < num_rows; ++r) {
+  lru.sizes_ = std::move(cluster_sizes);
+  lru.rows_.resize(num_rows);
+  for (Row& row : lru.rows_) {
+    row.seq.assign(slots_per_row, -1);
+    row.owner.assign(slots_per_row, -1);
+    row.chain.assign(slots_per_row, -1);
+    row.free.resize(slots_per_row);
     // Popped from the top: slot 0 of the row is handed out first.
-    int32_t* f = lru.RowFree(r);
-    for (int i = 0; i < slots_per_row; ++i) f[i] = slots_per_row - 1 - i;
+    for (int i = 0; i < slots_per_row; ++i) {
+      row.free[i] = slots_per_row - 1 - i;
+    }
+    row.num_free = slots_per_row;
   }
-  lru.head_.assign(num_rows, -1);
-  lru.tail_.assign(num_rows, -1);
-  lru.hand_.assign(num_rows, 0);
   return lru;
 }
 
@@ -111,10 +99,7 @@ void WaveBufferLru::Step(absl::Span<const int32_t> selected, int num_selected,
   AddStats(delta);
 }
 
-void WaveBufferLru::BeginStep() {
-  ++step_;
-  ++stats_.steps;
-}
+void WaveBufferLru::BeginStep() { ++stats_.steps; }
 
 void WaveBufferLru::AddStats(const WaveBufferStats& d) {
   stats_.lookups += d.lookups;
@@ -138,60 +123,54 @@ void WaveBufferLru::StepRows(absl::Span<const int32_t> selected,
   }
 }
 
-int32_t WaveBufferLru::Victim(int row) {
-  Slot* sl = RowSlots(row);
-  if (policy_ == WaveBufferPolicy::kLru) {
-    const int32_t t = tail_[row];
-    return t >= 0 && sl[t].stamp != step_ ? t : -1;
+void WaveBufferLru::ReserveQueue(Row& r, int slots, int appends) {
+  // Live entries are at most one per slot: with twice that room, compaction
+  // runs once every (room - live) appends, amortised O(1) per append.
+  const int64_t room = 2 * (int64_t{slots} + appends);
+  if (static_cast<int64_t>(r.queue.size()) < room) r.queue.resize(room);
+  if (int64_t{r.back} + appends <= static_cast<int64_t>(r.queue.size())) {
+    return;
   }
-  // CLOCK: two full turns find an unreferenced cluster if any exists that
-  // this step did not select (the first turn clears reference bits).
-  int32_t h = hand_[row];
-  for (int64_t n = 0; n < 2 * int64_t{slots_per_row_}; ++n) {
-    const int32_t s = h;
-    h = h + 1 == slots_per_row_ ? 0 : h + 1;
-    Slot& x = sl[s];
-    if (x.cluster < 0 || x.stamp == step_) continue;
-    if (x.prev != 0) {  // referenced: spare it once
-      x.prev = 0;
+  int32_t w = 0;
+  for (int32_t p = r.front; p < r.back; ++p) {
+    const int32_t s = r.queue[p];
+    if (r.seq[s] != p) continue;  // stale
+    r.queue[w] = s;
+    r.seq[s] = w++;
+  }
+  r.front = 0;
+  r.back = w;
+}
+
+int32_t WaveBufferLru::Victim(Row& r) {
+  while (r.front < r.back) {
+    const int32_t p = r.front;
+    const int32_t s = r.queue[p];
+    if (r.seq[s] != p) {  // touched again later, or freed
+      ++r.front;
       continue;
     }
-    hand_[row] = h;
+    if (p >= r.step_begin) return -1;  // everything left is this step's
+    ++r.front;
     return s;
   }
-  hand_[row] = h;
   return -1;
 }
 
-void WaveBufferLru::Evict(int row, int32_t s, WaveBufferPlan* plan,
+void WaveBufferLru::Evict(int row, int32_t slot, WaveBufferPlan* plan,
                           WaveBufferStats* stats) {
-  Slot* sl = RowSlots(row);
-  Slot& x = sl[s];
-  const int32_t c = x.cluster;
-  if (policy_ == WaveBufferPolicy::kLru) {
-    if (x.prev >= 0) {
-      sl[x.prev].next = x.next;
-    } else {
-      head_[row] = x.next;
-    }
-    if (x.next >= 0) {
-      sl[x.next].prev = x.prev;
-    } else {
-      tail_[row] = x.prev;
-    }
-  }
-  x.cluster = -1;
-  x.prev = x.next = -1;
-  int32_t* free = RowFree(row);
-  int32_t& nf = num_free_[row];
-  for (int32_t p = s; p >= 0;) {
-    free[nf++] = p;
-    const int32_t next = sl[p].chain;
-    sl[p].chain = -1;
+  Row& r = rows_[row];
+  const int32_t c = r.owner[slot];
+  r.seq[slot] = -1;
+  r.owner[slot] = -1;
+  for (int32_t p = slot; p >= 0;) {
+    r.free[r.num_free++] = p;
+    const int32_t next = r.chain[p];
+    r.chain[p] = -1;
     p = next;
   }
   const int64_t k = Key(row, c);
-  cells_[k].slot = kNone;
+  cells_[k] &= kSizeEscape;  // absent
   plan->slot_list_writes.push_back({k, -1});
   ++stats->evicted_clusters;
 }
@@ -199,129 +178,111 @@ void WaveBufferLru::Evict(int row, int32_t s, WaveBufferPlan* plan,
 void WaveBufferLru::StepRow(int row, const int32_t* ids, int num_selected,
                             int64_t first, bool positions, WaveBufferPlan* plan,
                             WaveBufferStats* stats) {
-  Cell* cells = cells_.data() + Key(row, 0);
-  Slot* sl = RowSlots(row);
-  const uint32_t step = step_;
-  const bool lru = policy_ == WaveBufferPolicy::kLru;
+  Row& r = rows_[row];
+  uint32_t* cells = cells_.data() + Key(row, 0);
+  int32_t* seq = r.seq.data();
   const auto valid = [this](int32_t c) {
     return static_cast<uint32_t>(c) < static_cast<uint32_t>(num_clusters_);
   };
-  Scratch& scratch = ThreadScratch();
+  thread_local Scratch scratch;  // kept across steps: no step allocates
   std::vector<int32_t>& hits = scratch.hits;
   std::vector<Miss>& misses = scratch.misses;
   hits.clear();
   misses.clear();
+  ReserveQueue(r, slots_per_row_, num_selected);
+  r.step_begin = r.back;
 
   // 1. Lookups in rank order, prefetched ahead: the cell first, then (once
-  // it has arrived) the slot entry of a resident cluster.
+  // it has arrived) the queue position of a resident cluster.
   for (int i = 0; i < std::min(kCellAhead, num_selected); ++i) {
     if (valid(ids[i])) Prefetch(&cells[ids[i]]);
   }
   int64_t pos = first;
-  uint64_t lookups = 0, hit_count = 0;
+  uint64_t lookups = 0;
   for (int i = 0; i < num_selected; ++i) {
     if (i + kCellAhead < num_selected && valid(ids[i + kCellAhead])) {
       Prefetch(&cells[ids[i + kCellAhead]]);
     }
     if (i + kSlotAhead < num_selected && valid(ids[i + kSlotAhead])) {
-      const int32_t s = cells[ids[i + kSlotAhead]].slot;
-      if (s >= 0) Prefetch(&sl[s]);
+      const uint32_t state = cells[ids[i + kSlotAhead]] >> kSizeBits;
+      if (state >= kFirstSlot) Prefetch(&seq[state - kFirstSlot]);
     }
     const int32_t c = ids[i];
     if (!valid(c)) continue;
-    Cell& e = cells[c];
+    const uint32_t cell = cells[c];
+    const int32_t size = CellSize(cell, Key(row, c));
     const int64_t at = pos;
-    pos += e.size;
-    if (e.size == 0) continue;
-    if (e.slot >= 0) {
-      Slot& x = sl[e.slot];
-      if (x.stamp == step) continue;  // duplicate
-      x.stamp = step;
+    pos += size;
+    if (size == 0) continue;
+    const uint32_t state = cell >> kSizeBits;
+    if (state >= kFirstSlot) {
+      const int32_t s = static_cast<int32_t>(state - kFirstSlot);
+      if (seq[s] == kMarked) continue;  // duplicate
+      seq[s] = kMarked;
       ++lookups;
-      ++hit_count;
-      if (lru) {
-        hits.push_back(e.slot);
-      } else {
-        x.prev = 1;  // CLOCK: referenced
-      }
-    } else if (e.slot == kNone) {
-      e.slot = kPending;  // marks duplicates until admitted or skipped
+      hits.push_back(s);
+    } else if (state == kAbsent) {
+      cells[c] = cell | (kPending << kSizeBits);  // duplicates see this
       ++lookups;
-      misses.push_back({c, positions ? static_cast<int32_t>(at) : -1});
+      misses.push_back({c, positions ? static_cast<int32_t>(at) : -1, size});
       Prefetch(&list_index_[Key(row, c)]);
     }
     // kPending: a duplicate miss.
   }
   stats->lookups += lookups;
-  stats->hits += hit_count;
+  stats->hits += hits.size();
 
-  // 2. LRU: hits to the front, rank 0 frontmost. Unlink them all, then splice
-  // them in as one run (what moving each to the front in reverse rank order
-  // gives).
-  if (lru && !hits.empty()) {
-    const size_t n = hits.size();
-    for (size_t i = 0; i < n; ++i) {
-      if (i + kSlotAhead < n) {
-        const Slot& y = sl[hits[i + kSlotAhead]];
-        if (y.prev >= 0) Prefetch(&sl[y.prev]);
-        if (y.next >= 0) Prefetch(&sl[y.next]);
-      }
-      Slot& x = sl[hits[i]];
-      if (x.prev >= 0) {
-        sl[x.prev].next = x.next;
-      } else {
-        head_[row] = x.next;
-      }
-      if (x.next >= 0) {
-        sl[x.next].prev = x.prev;
-      } else {
-        tail_[row] = x.prev;
-      }
-    }
-    const int32_t old_head = head_[row];
-    for (size_t i = 0; i < n; ++i) {
-      Slot& x = sl[hits[i]];
-      x.prev = i == 0 ? -1 : hits[i - 1];
-      x.next = i + 1 < n ? hits[i + 1] : old_head;
-    }
-    if (old_head >= 0) {
-      sl[old_head].prev = hits[n - 1];
-    } else {
-      tail_[row] = hits[n - 1];
-    }
-    head_[row] = hits[0];
+  // 2. Hits become the most recent touches, rank 0 the newest of them.
+  int32_t* queue = r.queue.data();
+  int32_t back = r.back;
+  for (auto it = hits.rbegin(); it != hits.rend(); ++it) {
+    seq[*it] = back;
+    queue[back++] = *it;
+  }
+  r.back = back;
+
+  // The clusters the misses will evict are the oldest live queue entries:
+  // prefetch their cells (written when evicted) for as many slots as the
+  // misses lack.
+  int64_t lacking = -int64_t{r.num_free};
+  for (const Miss& m : misses) lacking += Pieces(m.size);
+  for (int32_t p = r.front; lacking > 0 && p < r.step_begin; ++p) {
+    const int32_t s = queue[p];
+    if (seq[s] != p) continue;
+    Prefetch(&cells[r.owner[s]]);
+    for (int32_t q = s; q >= 0; q = r.chain[q]) --lacking;
   }
 
-  // 3. Misses in rank order: evict until they fit, then admit.
-  int32_t* free = RowFree(row);
-  int32_t& nf = num_free_[row];
+  // 3. Misses in rank order: evict until they fit, then admit (newer still).
+  int32_t* free = r.free.data();
+  int32_t* chain = r.chain.data();
   const int64_t slot_base = int64_t{row} * slots_per_row_;
   const int64_t list_base = int64_t{row} * pieces_per_row_;
   for (const Miss& m : misses) {
-    Cell& e = cells[m.cluster];
-    const int need = Pieces(e.size);
+    uint32_t& cell = cells[m.cluster];
+    const int need = Pieces(m.size);
     if (need > slots_per_row_) {
-      e.slot = kNone;
+      cell &= kSizeEscape;
       ++stats->uncacheable_clusters;
       continue;
     }
-    while (nf < need) {
-      const int32_t v = Victim(row);
+    while (r.num_free < need) {
+      const int32_t v = Victim(r);
       if (v < 0) break;
       Evict(row, v, plan, stats);
     }
-    if (nf < need) {
-      e.slot = kNone;
+    if (r.num_free < need) {
+      cell &= kSizeEscape;
       ++stats->overflow_clusters;
       continue;
     }
     const int64_t list = list_base + list_index_[Key(row, m.cluster)];
     int32_t head = -1, last = -1;
-    int32_t left = e.size;
+    int32_t left = m.size;
     for (int j = 0; j < need; ++j) {
-      const int32_t s = free[--nf];
+      const int32_t s = free[--r.num_free];
       if (last >= 0) {
-        sl[last].chain = s;
+        chain[last] = s;
       } else {
         head = s;
       }
@@ -334,23 +295,14 @@ void WaveBufferLru::StepRow(int row, const int32_t* ids, int num_selected,
                               tokens});
       plan->slot_id_writes.push_back({list + j, global});
     }
-    sl[last].chain = -1;
+    chain[last] = -1;
     plan->slot_list_writes.push_back(
         {Key(row, m.cluster), static_cast<int32_t>(list)});
-    Slot& x = sl[head];
-    x.cluster = m.cluster;
-    x.stamp = step;
-    if (lru) {
-      x.prev = -1;
-      x.next = head_[row];
-      if (head_[row] >= 0) sl[head_[row]].prev = head;
-      head_[row] = head;
-      if (tail_[row] < 0) tail_[row] = head;
-    } else {
-      x.prev = 1;  // CLOCK: admitted as referenced
-      x.next = -1;
-    }
-    e.slot = head;
+    r.owner[head] = m.cluster;
+    seq[head] = r.back;
+    queue[r.back++] = head;
+    cell = (cell & kSizeEscape) |
+           ((static_cast<uint32_t>(head) + kFirstSlot) << kSizeBits);
     ++stats->admitted_clusters;
     stats->admitted_slots += need;
   }

@@ -20,11 +20,14 @@
 // from host memory by the attention kernel (zero-copy) for this step.
 //
 // Layout (the step is bound by cache misses, so state is small and dense):
-// one 8-byte cell per (row, cluster) — its size and, if resident, the
+// one 4-byte cell per (row, cluster) — its size and, if resident, the
 // row-local id of its first slot — is all a lookup touches; everything else
-// (LRU links, step stamps, the slots a cluster holds) is per slot, i.e. over
-// the ~5% of clusters that are resident. A step's lookups are prefetched
-// ahead of use; no step allocates once the plans have grown.
+// is per slot, i.e. over the ~5% of clusters that are resident. The LRU
+// order is a per-row queue of touches (appended as clusters are selected or
+// admitted; an entry is stale once its cluster is touched again or evicted), so
+// a hit costs one append instead of relinking list neighbours; the queue is
+// compacted when full. A step's lookups are prefetched ahead of use; no step
+// allocates once the plans and queues have grown.
 //
 // Not thread-safe: one thread drives an instance (StepRows: see there).
 #ifndef WAVEKV_INDEX_CUDA_WAVE_BUFFER_LRU_H_
@@ -75,25 +78,16 @@ struct WaveBufferPlan {
   }
 };
 
-// Which resident cluster a miss evicts.
-enum class WaveBufferPolicy {
-  // Least recently selected first (ties: the lower-ranked hit of that step,
-  // then the earlier admission).
-  kLru,
-  // CLOCK (second chance) over the row's slots: a hand sweeps the slots in
-  // order; a cluster selected since the hand last passed it is spared once.
-  // Cheaper per hit (no list moves); see the bench for its hit ratio.
-  kClock,
-};
-
 class WaveBufferLru {
  public:
-  // cluster_sizes: [num_rows][num_clusters] tokens (>= 0). InvalidArgument
-  // naming the field on bad shapes or values.
+  static constexpr int kMaxSlotsPerRow = (1 << 24) - 3;
+
+  // cluster_sizes: [num_rows][num_clusters] tokens (>= 0); slots_per_row
+  // at most kMaxSlotsPerRow. InvalidArgument naming the field on bad shapes
+  // or values.
   static absl::StatusOr<WaveBufferLru> Create(
       int num_rows, int num_clusters, std::vector<int32_t> cluster_sizes,
-      int slots_per_row, int slot_tokens,
-      WaveBufferPolicy policy = WaveBufferPolicy::kLru);
+      int slots_per_row, int slot_tokens);
 
   // Bookkeeping for one step: `selected` is [num_rows][num_selected] ranked
   // cluster ids (negative or >= num_clusters: no cluster). Fills `plan`
@@ -123,30 +117,47 @@ class WaveBufferLru {
     return static_cast<int64_t>(num_rows_) * pieces_per_row_;
   }
   bool resident(int row, int cluster) const {
-    return cells_[Key(row, cluster)].slot >= 0;
+    return (cells_[Key(row, cluster)] >> kSizeBits) >= kFirstSlot;
   }
-  int free_slots(int row) const { return num_free_[row]; }
+  int free_slots(int row) const { return rows_[row].num_free; }
   int slots_per_row() const { return slots_per_row_; }
-  WaveBufferPolicy policy() const { return policy_; }
   const WaveBufferStats& stats() const { return stats_; }
 
  private:
-  // Per (row, cluster): all a lookup reads.
-  struct Cell {
-    int32_t size;  // tokens
-    int32_t slot;  // row-local first slot if resident, else kNone/kPending
+  // A cell packs (state << kSizeBits) | size code: size codes below
+  // kSizeEscape are the size, kSizeEscape means "see sizes_"; state is
+  // kAbsent, kPending (a miss of the running step) or kFirstSlot + the
+  // row-local first slot of a resident cluster.
+  static constexpr uint32_t kSizeBits = 8;
+  static constexpr uint32_t kSizeEscape = (1u << kSizeBits) - 1;
+  static constexpr uint32_t kAbsent = 0, kPending = 1, kFirstSlot = 2;
+  // seq value of a resident cluster's first slot while it is selected in
+  // the running step (before its queue append).
+  static constexpr int32_t kMarked = 0x7fffffff;
+
+  // Per row; rows share nothing, so StepRows may run rows concurrently.
+  struct alignas(64) Row {
+    // Per row-local slot: the queue position of the cluster's latest touch
+    // on its first slot (-1 elsewhere), the cluster whose first slot it is,
+    // and the next slot the same cluster holds (-1 = last).
+    std::vector<int32_t> seq, owner, chain;
+    std::vector<int32_t> free;  // stack of free slots; [0, num_free)
+    int32_t num_free = 0;
+    // LRU queue of first slots, oldest first: live in [front, back); an
+    // entry is stale unless seq[slot] is its position.
+    std::vector<int32_t> queue;
+    int32_t front = 0, back = 0;
+    int32_t step_begin = 0;  // back when the running step began
   };
-  // Per row-local slot. The cluster fields are meaningful on a resident
-  // cluster's first slot only; `chain` links the slots a cluster holds.
-  struct Slot {
+  struct Miss {
     int32_t cluster;
-    uint32_t stamp;  // step (1-based) that last selected the cluster
-    int32_t prev;    // LRU links (row-local first slots); CLOCK: unused
-    int32_t next;
-    int32_t chain;  // next slot of the same cluster, -1 = last
+    int32_t first;  // row position this step, or -1
+    int32_t size;
   };
-  static constexpr int32_t kNone = -1;
-  static constexpr int32_t kPending = -2;  // a miss of the running step
+  struct Scratch {              // of StepRow, per thread
+    std::vector<int32_t> hits;  // first slots, rank order
+    std::vector<Miss> misses;   // rank order
+  };
 
   WaveBufferLru() = default;
   int64_t Key(int row, int cluster) const {
@@ -155,33 +166,29 @@ class WaveBufferLru {
   int Pieces(int32_t size) const {
     return (size + slot_tokens_ - 1) / slot_tokens_;
   }
-  Slot* RowSlots(int row) {
-    return slots_.data() + static_cast<int64_t>(row) * slots_per_row_;
-  }
-  int32_t* RowFree(int row) {
-    return free_.data() + static_cast<int64_t>(row) * slots_per_row_;
+  int32_t CellSize(uint32_t cell, int64_t key) const {
+    const uint32_t code = cell & kSizeEscape;
+    return code < kSizeEscape ? static_cast<int32_t>(code) : sizes_[key];
   }
   void StepRow(int row, const int32_t* ids, int num_selected, int64_t first,
                bool positions, WaveBufferPlan* plan, WaveBufferStats* stats);
-  // Frees the resident cluster whose first slot is `s`; LRU: unlinks it.
-  void Evict(int row, int32_t s, WaveBufferPlan* plan, WaveBufferStats* stats);
-  // A slot to evict that this step did not select, or -1.
-  int32_t Victim(int row);
+  // Makes room for `appends` queue entries (drops stale ones).
+  static void ReserveQueue(Row& r, int slots, int appends);
+  // The least recently touched cluster's first slot, popped from the queue,
+  // unless this step selected it (then -1, as when none is resident).
+  static int32_t Victim(Row& r);
+  void Evict(int row, int32_t slot, WaveBufferPlan* plan,
+             WaveBufferStats* stats);
 
   int num_rows_ = 0;
   int num_clusters_ = 0;
   int slots_per_row_ = 0;
   int slot_tokens_ = 0;
-  WaveBufferPolicy policy_ = WaveBufferPolicy::kLru;
-  int64_t pieces_per_row_ = 0;        // slot-id table entries per row
-  std::vector<Cell> cells_;           // [rows][clusters]
-  std::vector<int32_t> list_index_;   // [rows][clusters] piece prefix in row
-  std::vector<Slot> slots_;           // [rows][slots_per_row]
-  std::vector<int32_t> free_;         // [rows][slots_per_row] stack of free
-  std::vector<int32_t> num_free_;     // [rows]
-  std::vector<int32_t> head_, tail_;  // [rows] LRU ends, -1 = empty
-  std::vector<int32_t> hand_;         // [rows] CLOCK hand
-  uint32_t step_ = 0;
+  int64_t pieces_per_row_ = 0;       // slot-id table entries per row
+  std::vector<uint32_t> cells_;      // [rows][clusters]
+  std::vector<int32_t> sizes_;       // [rows][clusters], for escaped sizes
+  std::vector<int32_t> list_index_;  // [rows][clusters] piece prefix in row
+  std::vector<Row> rows_;
   WaveBufferStats stats_;
 };
 

@@ -449,7 +449,7 @@ void StepIds(const std::vector<int32_t>& trace, int t, int rows,
   }
 }
 
-enum Impl { kOld = 0, kNewLru = 1, kNewClock = 2 };
+enum Impl { kOld = 0, kNew = 1 };
 
 // Runs one implementation; threads > 1 splits rows like WaveBuffer::Update.
 template <typename Lru>
@@ -525,18 +525,17 @@ void BM_Bookkeeping(benchmark::State& state) {
   } else {
     std::vector<WaveBufferLru> layers;
     for (int L = 0; L < kLayers; ++L) {
-      layers.push_back(*WaveBufferLru::Create(
-          rows, kClusters, sizes, slots, kSlotTok,
-          impl == kNewLru ? WaveBufferPolicy::kLru : WaveBufferPolicy::kClock));
+      layers.push_back(
+          *WaveBufferLru::Create(rows, kClusters, sizes, slots, kSlotTok));
     }
     Run(state, layers, rows, threads, walk);
   }
-  state.SetLabel(impl == kOld ? "old" : impl == kNewLru ? "lru" : "clock");
+  state.SetLabel(impl == kOld ? "old" : "new");
 }
 
 BENCHMARK(BM_Bookkeeping)
     ->ArgNames({"rows", "walk_x1000", "impl", "threads"})
-    ->ArgsProduct({{8, 32}, {200, 50}, {kOld, kNewLru, kNewClock}, {1, 2}})
+    ->ArgsProduct({{8, 32}, {200, 50}, {kOld, kNew}, {1, 2}})
     ->Iterations(kLayers* kMeasured)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
