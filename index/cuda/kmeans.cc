@@ -71,15 +71,15 @@ Layout MakeLayout(int num_problems, uint32_t n, uint32_t k, int d,
   return l;
 }
 
-std::vector<AssignTile> SegmentTiles(const GpuKMeansPlan& plan) {
+std::vector<AssignTile> SegmentTiles(const GpuKMeansPlan& plan, uint32_t rows) {
   std::vector<AssignTile> tiles;
   uint32_t first = 0, seg = 0;
   for (const SegmentPlan& s : plan.segments) {
-    for (uint64_t r = s.begin; r < s.end; r += kAssignRows) {
+    for (uint64_t r = s.begin; r < s.end; r += rows) {
       tiles.push_back(
           {static_cast<uint32_t>(r),
-           static_cast<uint32_t>(std::min<uint64_t>(s.end, r + kAssignRows)),
-           first, first + s.num_clusters, seg});
+           static_cast<uint32_t>(std::min<uint64_t>(s.end, r + rows)), first,
+           first + s.num_clusters, seg});
     }
     first += s.num_clusters;
     ++seg;
@@ -111,10 +111,12 @@ uint64_t MaxSegmentRows(const GpuKMeansPlan& plan) {
   return m;
 }
 
-std::vector<AssignTile> AllTiles(uint32_t n, uint32_t k) {
+std::vector<AssignTile> AllTiles(uint32_t n, uint32_t k, uint32_t rows) {
   std::vector<AssignTile> tiles;
-  for (uint32_t r = 0; r < n; r += kAssignRows) {
-    tiles.push_back({r, std::min<uint32_t>(n, r + kAssignRows), 0, k});
+  for (uint64_t r = 0; r < n; r += rows) {
+    tiles.push_back({static_cast<uint32_t>(r),
+                     static_cast<uint32_t>(std::min<uint64_t>(n, r + rows)), 0,
+                     k});
   }
   return tiles;
 }
@@ -163,7 +165,8 @@ absl::Status GpuSegmentedKMeans::Validate(
   }
   if (plan.scorer != KMeansScorer::kAuto &&
       plan.scorer != KMeansScorer::kMmaSync &&
-      plan.scorer != KMeansScorer::kWgmma) {
+      plan.scorer != KMeansScorer::kWgmma &&
+      plan.scorer != KMeansScorer::kWgmmaWide) {
     return absl::InvalidArgumentError(
         absl::StrCat("scorer: unknown value ", static_cast<int>(plan.scorer)));
   }
@@ -223,23 +226,26 @@ absl::Status GpuSegmentedKMeans::Run(const GpuKMeansPlan& plan,
   const int d = plan.head_dim;
   const uint64_t groups = static_cast<uint64_t>(np) * k;
   const int end_bit = std::max(1, static_cast<int>(std::bit_width(groups - 1)));
-  const std::vector<AssignTile> seg_tiles = SegmentTiles(plan);
-  const std::vector<AssignTile> all_tiles = AllTiles(n, k);
-  const bool fused =
-      plan.fused_update && MaxSegmentRows(plan) <= kFusedMaxSegmentRows;
-  const std::vector<AssignTile> jobs =
-      fused ? UpdateJobs(plan) : std::vector<AssignTile>{};
-  bool wgmma = false;
-  if (plan.scorer == KMeansScorer::kWgmma) {
+  bool wgmma = false, wide = false;
+  if (plan.scorer == KMeansScorer::kWgmma ||
+      plan.scorer == KMeansScorer::kWgmmaWide) {
     if (!KMeansWgmmaAvailable()) {
       return absl::FailedPreconditionError(
           "scorer: wgmma needs an sm_90a build on a compute capability 9.0 "
           "GPU");
     }
     wgmma = true;
+    wide = plan.scorer == KMeansScorer::kWgmmaWide;
   } else if (plan.scorer == KMeansScorer::kAuto) {
-    wgmma = KMeansWgmmaAvailable();
+    wgmma = wide = KMeansWgmmaAvailable();
   }
+  const uint32_t tile_rows = wide ? kWideAssignRows : kAssignRows;
+  const std::vector<AssignTile> seg_tiles = SegmentTiles(plan, tile_rows);
+  const std::vector<AssignTile> all_tiles = AllTiles(n, k, tile_rows);
+  const bool fused =
+      plan.fused_update && MaxSegmentRows(plan) <= kFusedMaxSegmentRows;
+  const std::vector<AssignTile> jobs =
+      fused ? UpdateJobs(plan) : std::vector<AssignTile>{};
   if (seg_tiles.size() > std::numeric_limits<int32_t>::max() ||
       all_tiles.size() > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError("num_tokens: too many tiles");
@@ -310,6 +316,7 @@ absl::Status GpuSegmentedKMeans::Run(const GpuKMeansPlan& plan,
   a.end_bit = end_bit;
   a.fused_update = fused;
   a.wgmma = wgmma;
+  a.wgmma_wide = wide;
   a.update_jobs = reinterpret_cast<const AssignTile*>(base + l.update_jobs);
   a.num_update_jobs = static_cast<int>(jobs.size());
   a.max_segment_rows = static_cast<uint32_t>(MaxSegmentRows(plan));

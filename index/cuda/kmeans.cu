@@ -21,6 +21,7 @@
 #include <cfloat>
 #include <cstdint>
 #include <cub/device/device_radix_sort.cuh>
+#include <type_traits>
 
 #include "index/cuda/kmeans_raw.h"
 #include "index/cuda/kmeans_wgmma.cuh"
@@ -45,6 +46,30 @@ __device__ __forceinline__ void LoadLane(const T* row, int lane,
                                          float (&out)[EPL]) {
 #pragma unroll
   for (int e = 0; e < EPL; ++e) out[e] = ToFloat(row[lane * EPL + e]);
+}
+
+// LoadLane with one vector load per lane where the row allows it (the
+// elements and their order are the same either way).
+template <int EPL, typename T>
+__device__ __forceinline__ void LoadLaneVec(const T* row, int lane,
+                                            float (&out)[EPL]) {
+  constexpr int kBytes = EPL * static_cast<int>(sizeof(T));
+  if constexpr (kBytes == 4 || kBytes == 8 || kBytes == 16) {
+    using V =
+        std::conditional_t<kBytes == 16, uint4,
+                           std::conditional_t<kBytes == 8, uint2, uint32_t>>;
+    const T* p = row + lane * EPL;
+    // Warp-uniform: lane offsets are multiples of kBytes.
+    if ((reinterpret_cast<uintptr_t>(row) & (kBytes - 1)) == 0) {
+      const V v = *reinterpret_cast<const V*>(p);
+      T t[EPL];
+      memcpy(t, &v, kBytes);
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) out[e] = ToFloat(t[e]);
+      return;
+    }
+  }
+  LoadLane<EPL>(row, lane, out);
 }
 
 __device__ __forceinline__ float WarpSum(float v) {
@@ -441,18 +466,21 @@ __global__ void UpdateKernel(KMeansRawArgs a, const uint32_t* members) {
 //   early stop: a segment whose assignment did not change in iteration it
 //     (> 0) is converged: its centroids are a fixed point, so stopping
 //     leaves every later result unchanged (index/kmeans.cc does the same);
-//   counting sort in shared memory: each warp takes a contiguous run of the
-//     segment's tokens; per-warp counts per cluster, a scan, then a stable
-//     scatter (__match_any_sync ranks lanes of one cluster in lane order),
-//     so members come out cluster-major in token order;
+//   counting sort in shared memory: the segment's assignments are read once
+//     (coalesced, many loads in flight); each warp takes a contiguous run of
+//     tokens; per-warp counts per cluster, a scan, then a stable scatter
+//     (__match_any_sync ranks the lanes of one cluster in lane order), so
+//     members come out cluster-major in token order;
 //   sums: one warp per cluster, fp32 in token order, normalised, exactly as
-//     UpdateKernel computes them from the global sort.
+//     UpdateKernel computes them from the global sort; up to kRows member
+//     rows in flight per warp.
 template <typename T, int D>
 __global__ void __launch_bounds__(256)
     FusedUpdateKernel(KMeansRawArgs a, int it) {
+  static_assert(kFusedClusters == 32, "one cluster per lane in the scan");
   constexpr int EPL = D / 32;
-  constexpr int W = 8;                 // warps
-  constexpr int B = EPL <= 4 ? 8 : 4;  // member rows in flight per warp
+  constexpr int W = 8;                      // warps
+  constexpr int kRows = EPL <= 4 ? 16 : 8;  // member rows in flight per warp
   constexpr uint32_t kNone = 0xffffu;
   extern __shared__ __align__(16) uint16_t fsm[];
   __shared__ uint32_t hist[W][kFusedClusters];
@@ -472,58 +500,56 @@ __global__ void __launch_bounds__(256)
 
   const uint32_t seg_n = job.row_end - job.row_begin;
   const uint32_t c0 = job.cent_begin, cnt = job.cent_end - job.cent_begin;
-  uint16_t* loc = fsm;  // [seg_n], chunk-local cluster
+  uint16_t* loc = fsm;  // [seg_n], chunk-local cluster or kNone
   uint16_t* members = fsm + ((seg_n + 7) & ~7u);  // [seg_n], token - begin
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int i = threadIdx.x; i < W * kFusedClusters; i += 256) {
-    hist[i / kFusedClusters][i % kFusedClusters] = 0;
+  hist[warp][lane] = 0;
+  const uint32_t* asg =
+      a.assignment + static_cast<int64_t>(p) * a.num_tokens + job.row_begin;
+  for (uint32_t i0 = threadIdx.x; i0 < seg_n; i0 += 8 * 256) {
+    uint32_t g[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const uint32_t i = i0 + u * 256;
+      g[u] = i < seg_n ? asg[i] - c0 : kNone;
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const uint32_t i = i0 + u * 256;
+      if (i < seg_n) loc[i] = static_cast<uint16_t>(g[u] < cnt ? g[u] : kNone);
+    }
   }
   __syncthreads();
   const uint32_t per_warp = (seg_n + W - 1) / W;
   const uint32_t w0 = min(seg_n, warp * per_warp);
   const uint32_t w1 = min(seg_n, w0 + per_warp);
-  const uint32_t* asg =
-      a.assignment + static_cast<int64_t>(p) * a.num_tokens + job.row_begin;
   for (uint32_t base = w0; base < w1; base += 32) {  // warp-uniform
     const uint32_t i = base + lane;
-    uint32_t c = kNone;
-    if (i < w1) {
-      const uint32_t g = asg[i] - c0;
-      if (g < cnt) c = g;
-      loc[i] = static_cast<uint16_t>(c);
-    }
+    const uint32_t c = i < w1 ? loc[i] : kNone;
     const uint32_t peers = __match_any_sync(~0u, c);
     if (c != kNone && lane == __ffs(peers) - 1) hist[warp][c] += __popc(peers);
     __syncwarp();
   }
   __syncthreads();
   if (warp == 0) {
-    // Cluster j = 2 * lane + {0, 1}: totals, exclusive scan, per-warp starts.
-    const int j0 = 2 * lane, j1 = j0 + 1;
-    uint32_t t0 = 0, t1 = 0;
+    // Cluster j = lane: total, exclusive scan, then per-warp starts.
+    uint32_t t = 0;
 #pragma unroll
-    for (int w = 0; w < W; ++w) {
-      t0 += hist[w][j0];
-      t1 += hist[w][j1];
-    }
-    uint32_t incl = t0 + t1;
+    for (int w = 0; w < W; ++w) t += hist[w][lane];
+    uint32_t incl = t;
 #pragma unroll
     for (int off = 1; off < 32; off <<= 1) {
       const uint32_t o = __shfl_up_sync(~0u, incl, off);
       if (lane >= off) incl += o;
     }
-    const uint32_t excl = incl - (t0 + t1);
-    start[j0] = excl;
-    start[j1] = excl + t0;
+    uint32_t run = incl - t;
+    start[lane] = run;
     if (lane == 31) start[kFusedClusters] = incl;
-    uint32_t r0 = excl, r1 = excl + t0;
 #pragma unroll
     for (int w = 0; w < W; ++w) {
-      const uint32_t h0 = hist[w][j0], h1 = hist[w][j1];
-      hist[w][j0] = r0;
-      hist[w][j1] = r1;
-      r0 += h0;
-      r1 += h1;
+      const uint32_t h = hist[w][lane];
+      hist[w][lane] = run;
+      run += h;
     }
   }
   __syncthreads();
@@ -553,27 +579,23 @@ __global__ void __launch_bounds__(256)
     float s[EPL];
 #pragma unroll
     for (int q = 0; q < EPL; ++q) s[q] = 0.f;
-    uint32_t i = b;
-    for (; i + B <= e; i += B) {
-      float x[B][EPL];
+    for (uint32_t i = b; i < e; i += kRows) {  // warp-uniform
+      float x[kRows][EPL];
 #pragma unroll
-      for (int u = 0; u < B; ++u) {
-        LoadLane<EPL>(
-            keys + static_cast<int64_t>(members[i + u]) * prob.row_stride, lane,
-            x[u]);
+      for (int u = 0; u < kRows; ++u) {
+        if (i + u < e) {
+          LoadLaneVec<EPL>(
+              keys + static_cast<int64_t>(members[i + u]) * prob.row_stride,
+              lane, x[u]);
+        }
       }
 #pragma unroll
-      for (int u = 0; u < B; ++u) {
+      for (int u = 0; u < kRows; ++u) {
+        if (i + u < e) {
 #pragma unroll
-        for (int q = 0; q < EPL; ++q) s[q] += x[u][q] - m[q];
+          for (int q = 0; q < EPL; ++q) s[q] += x[u][q] - m[q];
+        }
       }
-    }
-    for (; i < e; ++i) {
-      float x[EPL];
-      LoadLane<EPL>(keys + static_cast<int64_t>(members[i]) * prob.row_stride,
-                    lane, x);
-#pragma unroll
-      for (int q = 0; q < EPL; ++q) s[q] += x[q] - m[q];
     }
     float ss = 0.f;
 #pragma unroll
@@ -667,11 +689,16 @@ int Pipeline(const KMeansRawArgs& a, cudaStream_t stream) {
   mark(kPhaseCentre);
 
   constexpr int kSmem = AssignCfg<D>::kSmemBytes;
-  constexpr int kWgSmem = kmeans_wgmma::Cfg<D>::kSmemBytes;
-  if (a.wgmma) {
-    err = cudaFuncSetAttribute(kmeans_wgmma::WgmmaAssignKernel<D>,
+  constexpr int kWgSmem1 = kmeans_wgmma::Cfg<D, 1>::kSmemBytes;
+  constexpr int kWgSmem2 = kmeans_wgmma::Cfg<D, 2>::kSmemBytes;
+  if (a.wgmma && a.wgmma_wide) {
+    err = cudaFuncSetAttribute(kmeans_wgmma::WgmmaAssignKernel<D, 2>,
                                cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               kWgSmem);
+                               kWgSmem2);
+  } else if (a.wgmma) {
+    err = cudaFuncSetAttribute(kmeans_wgmma::WgmmaAssignKernel<D, 1>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               kWgSmem1);
   } else {
     err = cudaFuncSetAttribute(
         AssignKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
@@ -680,8 +707,12 @@ int Pipeline(const KMeansRawArgs& a, cudaStream_t stream) {
   auto assign = [&](const AssignTile* tiles, int num_tiles, uint32_t* keys,
                     EarlyStop stop) {
     const dim3 grid(num_tiles, a.num_problems);
-    if (a.wgmma) {
-      kmeans_wgmma::WgmmaAssignKernel<D><<<grid, 256, kWgSmem, stream>>>(
+    if (a.wgmma && a.wgmma_wide) {
+      kmeans_wgmma::WgmmaAssignKernel<D, 2><<<grid, 256, kWgSmem2, stream>>>(
+          tiles, a.xhat, a.cent, a.num_tokens, a.num_clusters, a.assignment,
+          keys, stop);
+    } else if (a.wgmma) {
+      kmeans_wgmma::WgmmaAssignKernel<D, 1><<<grid, 256, kWgSmem1, stream>>>(
           tiles, a.xhat, a.cent, a.num_tokens, a.num_clusters, a.assignment,
           keys, stop);
     } else {

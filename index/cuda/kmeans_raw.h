@@ -26,7 +26,8 @@ struct KMeansSegment {
   uint32_t first_cluster = 0, num_clusters = 0;
 };
 
-// Rows [row_begin, row_end) (at most kAssignRows) scored against centroids
+// Rows [row_begin, row_end) (at most kAssignRows, or kWideAssignRows for
+// the wide wgmma scorer) scored against centroids
 // [cent_begin, cent_end) of the same problem; `segment` is the plan segment
 // of an in-segment tile. The fused update uses the same record for one
 // (segment, chunk of at most kFusedClusters clusters) job: rows = the
@@ -41,12 +42,19 @@ constexpr int kAssignRows = 128;
 constexpr int kMeanChunkRows = 512;
 // Fused in-segment update: clusters per block, and the longest segment it
 // takes (its counting sort lives in shared memory, 4 bytes per token).
-constexpr int kFusedClusters = 64;
+constexpr int kFusedClusters = 32;
 constexpr uint32_t kFusedMaxSegmentRows = 32768;
 
-// Scoring kernels: mma.sync (sm_80 and up) or wgmma (sm_90a builds on a
-// compute capability 9.0 GPU, see KMeansWgmmaAvailable).
-enum class KMeansScorer : int { kAuto = 0, kMmaSync = 1, kWgmma = 2 };
+// Scoring kernels: mma.sync (sm_80 and up, 128-key tiles) or wgmma (sm_90a
+// builds on a compute capability 9.0 GPU, see KMeansWgmmaAvailable) with
+// 128-key (kWgmma) or 256-key (kWgmmaWide) tiles. All give the same bits.
+enum class KMeansScorer : int {
+  kAuto = 0,
+  kMmaSync = 1,
+  kWgmma = 2,
+  kWgmmaWide = 3,
+};
+constexpr int kWideAssignRows = 256;
 
 // Phases reported to KMeansRawArgs::mark after their kernels are enqueued.
 enum KMeansPhase : int {
@@ -73,7 +81,8 @@ struct KMeansRawArgs {
   // the early stop (segments <= kFusedMaxSegmentRows); false = global radix
   // sort + one warp per cluster, every iteration. Same results either way.
   bool fused_update = true;
-  bool wgmma = false;  // score with WgmmaAssignKernel (caller checked it)
+  bool wgmma = false;       // score with WgmmaAssignKernel (caller checked it)
+  bool wgmma_wide = false;  // ... with kWideAssignRows-row tiles
 
   // Device arrays.
   const KMeansProblem* problems = nullptr;  // [num_problems]

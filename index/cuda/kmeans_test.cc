@@ -313,9 +313,10 @@ TEST_P(GpuKMeansTest, FusedUpdateGivesTheSameBitsAsGlobalSort) {
   }
 }
 
-// wgmma scorer (where the device runs it) against mma.sync: separated data
-// equal the CPU exactly with both; on random data both accumulate fp16
-// products in fp32, and at most a few near-ties may differ.
+// wgmma scorers (where the device runs them; 128- and 256-key tiles)
+// against mma.sync: all accumulate fp16 products in fp32. Separated data:
+// identical bits, equal to the CPU. Random data: at least 99% of the
+// assignments equal (near-ties could in principle round differently).
 TEST_P(GpuKMeansTest, WgmmaScorerAgreesWithMmaSync) {
   SKIP_WITHOUT_GPU();
   if (!KMeansWgmmaAvailable()) {
@@ -324,43 +325,47 @@ TEST_P(GpuKMeansTest, WgmmaScorerAgreesWithMmaSync) {
   const Case c = GetParam();
   const size_t d = c.head_dim, n = 3000, p = 2;
   const std::vector<SegmentPlan> segs = PlanSegments(Params(1024), n);
-  std::vector<std::vector<float>> keys, values;
+  std::vector<std::vector<float>> keys, values, rkeys, rvalues;
   for (size_t i = 0; i < p; ++i) {
     keys.push_back(testing::SeparatedKeys(segs, n, d, 700 + i));
     values.push_back(testing::RandomRows(n, d, 800 + i, 0.5f));
-  }
-  Paths wg, mma;
-  wg.scorer = KMeansScorer::kWgmma;
-  mma.scorer = KMeansScorer::kMmaSync;
-  Batch a = RunBatch(c.dtype, d, n, segs, keys, values, wg);
-  Batch b = RunBatch(c.dtype, d, n, segs, keys, values, mma);
-  EXPECT_TRUE(a.used_wgmma);
-  EXPECT_FALSE(b.used_wgmma);
-  ExpectSameBits(a, b, "separated");
-  for (size_t i = 0; i < p; ++i) {
-    const CpuReference ref = CpuCluster(a.keys[i], a.values[i], n, d, segs, 9);
-    EXPECT_EQ(a.results[i].assignment, ref.km.assignment);
-    EXPECT_EQ(a.results[i].slot_tokens, ref.slot_tokens);
-  }
-  std::vector<std::vector<float>> rkeys, rvalues;
-  for (size_t i = 0; i < p; ++i) {
     rkeys.push_back(testing::RandomRows(n, d, 900 + i, 2.0f));
     rvalues.push_back(testing::RandomRows(n, d, 950 + i, 0.5f));
   }
-  Batch ra = RunBatch(c.dtype, d, n, segs, rkeys, rvalues, wg);
-  Batch rb = RunBatch(c.dtype, d, n, segs, rkeys, rvalues, mma);
-  ASSERT_EQ(ra.results.size(), p);
+  Paths mma;
+  mma.scorer = KMeansScorer::kMmaSync;
+  const Batch b = RunBatch(c.dtype, d, n, segs, keys, values, mma);
+  const Batch rb = RunBatch(c.dtype, d, n, segs, rkeys, rvalues, mma);
+  EXPECT_FALSE(b.used_wgmma);
   ASSERT_EQ(rb.results.size(), p);
-  for (size_t i = 0; i < p; ++i) {
-    CheckInvariants(ra.results[i], ra.keys[i], ra.values[i], n, d, "wgmma");
-    size_t same = 0;
-    for (size_t t = 0; t < n; ++t) {
-      same += ra.results[i].assignment[t] == rb.results[i].assignment[t];
+  for (KMeansScorer scorer : {KMeansScorer::kWgmma, KMeansScorer::kWgmmaWide}) {
+    const bool wide = scorer == KMeansScorer::kWgmmaWide;
+    SCOPED_TRACE(wide ? "wgmma, 256-key tiles" : "wgmma, 128-key tiles");
+    Paths wg;
+    wg.scorer = scorer;
+    const Batch a = RunBatch(c.dtype, d, n, segs, keys, values, wg);
+    EXPECT_TRUE(a.used_wgmma);
+    ExpectSameBits(a, b, "separated");
+    for (size_t i = 0; i < p && i < a.results.size(); ++i) {
+      const CpuReference ref =
+          CpuCluster(a.keys[i], a.values[i], n, d, segs, 9);
+      EXPECT_EQ(a.results[i].assignment, ref.km.assignment);
+      EXPECT_EQ(a.results[i].slot_tokens, ref.slot_tokens);
     }
-    std::printf(
-        "[scorers] %s d=%zu problem %zu: %zu of %zu assignments equal\n",
-        std::string(DTypeName(c.dtype)).c_str(), d, i, same, n);
-    EXPECT_GE(same, n * 99 / 100);
+    const Batch ra = RunBatch(c.dtype, d, n, segs, rkeys, rvalues, wg);
+    ASSERT_EQ(ra.results.size(), p);
+    for (size_t i = 0; i < p; ++i) {
+      CheckInvariants(ra.results[i], ra.keys[i], ra.values[i], n, d, "wgmma");
+      size_t same = 0;
+      for (size_t t = 0; t < n; ++t) {
+        same += ra.results[i].assignment[t] == rb.results[i].assignment[t];
+      }
+      std::printf(
+          "[scorers] %s d=%zu %s problem %zu: %zu of %zu assignments equal\n",
+          std::string(DTypeName(c.dtype)).c_str(), d, wide ? "wide" : "narrow",
+          i, same, n);
+      EXPECT_GE(same, n * 99 / 100);
+    }
   }
 }
 

@@ -6,9 +6,11 @@
 //   element (r, k) of an R-row tile lives in K-atom k / 64 (R rows x 128 B,
 //   1024-byte aligned) at byte r * 128 + (((k % 64) / 8) ^ (r % 8)) * 16 +
 //   (k % 8) * 2.
-// Block = 2 warpgroups; warpgroup g scores rows [64g, 64g + 64) of the
-// 128-row tile against BN centroids per stage (cp.async, double buffered),
-// each warp owning 16 full rows, so the argmax needs no cross-warp step.
+// Block = 2 warpgroups over a tile of 128 * MT rows; warpgroup g scores rows
+// [64 MT g, 64 MT (g + 1)) (MT m64 slices) against BN centroids per stage
+// (cp.async, double buffered), each warp owning 16 full rows of a slice, so
+// the argmax needs no cross-warp step. MT = 2 halves the centroid traffic
+// from L2 per scored key (centroids are re-read once per row tile).
 // Compiled to a real kernel only in the sm_90a pass
 // (__CUDA_ARCH_FEAT_SM90_ALL); elsewhere it traps, and the host launches it
 // only after KMeansWgmmaAvailable() said the device runs sm_90a code.
@@ -28,10 +30,10 @@ namespace wavekv::cuda::kmeans_wgmma {
 #define WAVEKV_KMEANS_WGMMA 1
 #endif
 
-template <int D>
+template <int D, int MT>
 struct Cfg {
   static constexpr int kThreads = 256;
-  static constexpr int BM = kAssignRows;  // 128: two warpgroups of 64 rows
+  static constexpr int BM = 128 * MT;  // two warpgroups of 64 * MT rows
   static constexpr int BN = D == 256 ? 64 : 128;
   static constexpr int kAtoms = D / 64;  // 128-byte K-atoms per row
   static constexpr int kABytes = BM * D * 2;
@@ -145,14 +147,14 @@ __device__ __forceinline__ void LoadTile(uint32_t dst, const uint16_t* src,
 
 #endif  // WAVEKV_KMEANS_WGMMA
 
-template <int D>
+template <int D, int MT>
 __global__ void __launch_bounds__(256)
     WgmmaAssignKernel(const AssignTile* tiles, const uint16_t* xhat,
                       const uint16_t* cent, uint32_t n, uint32_t k,
                       uint32_t* assignment, uint32_t* sort_keys,
                       EarlyStop stop) {
 #ifdef WAVEKV_KMEANS_WGMMA
-  using C = Cfg<D>;
+  using C = Cfg<D, MT>;
   extern __shared__ __align__(1024) uint8_t wg_smem_raw[];
   const uint32_t raw =
       static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem_raw));
@@ -174,13 +176,18 @@ __global__ void __launch_bounds__(256)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int wg = warp / 4;
-  // This thread's rows within the tile: r0 and r0 + 8.
-  const int r0 = wg * 64 + (warp % 4) * 16 + lane / 4;
-  float best[2] = {-FLT_MAX, -FLT_MAX};
-  uint32_t bidx[2] = {0xffffffffu, 0xffffffffu};
-  float acc[Acc<C::BN>::kRegs];
+  // This thread's rows within the tile: r0 + 64 mt + 8 h.
+  const int r0 = wg * 64 * MT + (warp % 4) * 16 + lane / 4;
+  float best[MT][2];
+  uint32_t bidx[MT][2];
+  float acc[MT][Acc<C::BN>::kRegs];
 #pragma unroll
-  for (int i = 0; i < Acc<C::BN>::kRegs; ++i) acc[i] = 0.f;
+  for (int mt = 0; mt < MT; ++mt) {
+    best[mt][0] = best[mt][1] = -FLT_MAX;
+    bidx[mt][0] = bidx[mt][1] = 0xffffffffu;
+#pragma unroll
+    for (int i = 0; i < Acc<C::BN>::kRegs; ++i) acc[mt][i] = 0.f;
+  }
 
   int stage = 0;
   for (uint32_t n0 = tile.cent_begin; n0 < tile.cent_end; n0 += C::BN) {
@@ -200,10 +207,13 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
       const uint32_t koff = (ks % 4) * 32;  // 16 fp16 within the atom
-      const uint64_t da =
-          Desc(as + (ks / 4) * (C::BM * 128) + wg * 64 * 128 + koff);
       const uint64_t db = Desc(b + (ks / 4) * (C::BN * 128) + koff);
-      Acc<C::BN>::Mma(acc, da, db, ks > 0 ? 1 : 0);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const uint64_t da = Desc(as + (ks / 4) * (C::BM * 128) +
+                                 (wg * MT + mt) * 64 * 128 + koff);
+        Acc<C::BN>::Mma(acc[mt], da, db, ks > 0 ? 1 : 0);
+      }
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -213,31 +223,37 @@ __global__ void __launch_bounds__(256)
     const uint32_t valid = tile.cent_end - n0;
     if (valid >= static_cast<uint32_t>(C::BN)) {
 #pragma unroll
-      for (int j = 0; j < C::BN / 8; ++j) {
+      for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
+        for (int j = 0; j < C::BN / 8; ++j) {
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float v = acc[4 * j + 2 * h + e];
-            if (v > best[h]) {
-              best[h] = v;
-              bidx[h] = n0 + 8 * j + 2 * (lane % 4) + e;
+          for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float v = acc[mt][4 * j + 2 * h + e];
+              if (v > best[mt][h]) {
+                best[mt][h] = v;
+                bidx[mt][h] = n0 + 8 * j + 2 * (lane % 4) + e;
+              }
             }
           }
         }
       }
     } else {
 #pragma unroll
-      for (int j = 0; j < C::BN / 8; ++j) {
+      for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
+        for (int j = 0; j < C::BN / 8; ++j) {
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const uint32_t col = 8 * j + 2 * (lane % 4) + e;
-            const float v = acc[4 * j + 2 * h + e];
-            if (col < valid && v > best[h]) {
-              best[h] = v;
-              bidx[h] = n0 + col;
+          for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const uint32_t col = 8 * j + 2 * (lane % 4) + e;
+              const float v = acc[mt][4 * j + 2 * h + e];
+              if (col < valid && v > best[mt][h]) {
+                best[mt][h] = v;
+                bidx[mt][h] = n0 + col;
+              }
             }
           }
         }
@@ -249,30 +265,37 @@ __global__ void __launch_bounds__(256)
 
   // Reduce over the 4 lanes of a quad (same rows).
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-      const float ov = __shfl_xor_sync(~0u, best[h], off);
-      const uint32_t oi = __shfl_xor_sync(~0u, bidx[h], off);
-      if (ov > best[h] || (ov == best[h] && oi < bidx[h])) {
-        best[h] = ov;
-        bidx[h] = oi;
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int off = 1; off < 4; off <<= 1) {
+        const float ov = __shfl_xor_sync(~0u, best[mt][h], off);
+        const uint32_t oi = __shfl_xor_sync(~0u, bidx[mt][h], off);
+        if (ov > best[mt][h] || (ov == best[mt][h] && oi < bidx[mt][h])) {
+          best[mt][h] = ov;
+          bidx[mt][h] = oi;
+        }
       }
     }
   }
   bool diff = false;
   if (lane % 4 == 0) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint32_t row = tile.row_begin + r0 + 8 * h;
-      if (row >= tile.row_end) continue;
-      uint32_t c = bidx[h];
-      if (c == 0xffffffffu) c = tile.cent_begin;  // all scores NaN
-      const int64_t at = static_cast<int64_t>(p) * n + row;
-      if (stop.changed != nullptr) diff |= assignment[at] != c;
-      assignment[at] = c;
-      if (sort_keys != nullptr)
-        sort_keys[at] = static_cast<uint32_t>(p) * k + c;
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t row = tile.row_begin + r0 + 64 * mt + 8 * h;
+        if (row >= tile.row_end) continue;
+        uint32_t c = bidx[mt][h];
+        if (c == 0xffffffffu) c = tile.cent_begin;  // all scores NaN
+        const int64_t at = static_cast<int64_t>(p) * n + row;
+        if (stop.changed != nullptr) diff |= assignment[at] != c;
+        assignment[at] = c;
+        if (sort_keys != nullptr) {
+          sort_keys[at] = static_cast<uint32_t>(p) * k + c;
+        }
+      }
     }
   }
   if (stop.changed != nullptr) {
