@@ -99,6 +99,81 @@ void WaveBufferLru::Step(absl::Span<const int32_t> selected, int num_selected,
   AddStats(delta);
 }
 
+WaveBufferWorkers::WaveBufferWorkers(int threads) {
+  for (int i = 1; i < threads; ++i) {
+    helpers_.emplace_back([this, i] { Helper(i); });
+  }
+}
+
+WaveBufferWorkers::~WaveBufferWorkers() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  for (std::thread& t : helpers_) t.join();
+}
+
+bool WaveBufferWorkers::Ready(Wait* w) {
+  return w->self->stop_ || w->self->generation_ != w->seen;
+}
+
+bool WaveBufferWorkers::Done(WaveBufferWorkers* self) {
+  return self->pending_ == 0;
+}
+
+void WaveBufferWorkers::Helper(int index) {
+  Wait wait{this, 0};
+  while (true) {
+    const absl::FunctionRef<void(int)>* fn;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(&Ready, &wait));
+      if (stop_) return;
+      wait.seen = generation_;
+      if (index >= tasks_) continue;
+      fn = fn_;
+    }
+    (*fn)(index);
+    absl::MutexLock lock(&mu_);
+    --pending_;
+  }
+}
+
+void WaveBufferWorkers::Run(int tasks, absl::FunctionRef<void(int)> fn) {
+  if (tasks > 1) {
+    absl::MutexLock lock(&mu_);
+    ++generation_;
+    tasks_ = tasks;
+    pending_ = tasks - 1;
+    fn_ = &fn;
+  }
+  fn(0);
+  if (tasks > 1) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&Done, this));
+    fn_ = nullptr;
+  }
+}
+
+void WaveBufferLru::StepParallel(absl::Span<const int32_t> selected,
+                                 int num_selected,
+                                 absl::Span<const int32_t> row_first_token,
+                                 int tasks, WaveBufferWorkers* workers,
+                                 std::vector<WaveBufferPlan>* plans) {
+  tasks = std::clamp(tasks, 1, std::min(num_rows_, workers->threads()));
+  plans->resize(tasks);
+  deltas_.assign(tasks, {});
+  BeginStep();
+  workers->Run(tasks, [&](int t) {
+    (*plans)[t].Clear();
+    StepRows(selected, num_selected, row_first_token,
+             static_cast<int>(int64_t{num_rows_} * t / tasks),
+             static_cast<int>(int64_t{num_rows_} * (t + 1) / tasks),
+             &(*plans)[t], &deltas_[t].stats);
+  });
+  for (const PaddedStats& d : deltas_) AddStats(d.stats);
+}
+
 void WaveBufferLru::BeginStep() { ++stats_.steps; }
 
 void WaveBufferLru::AddStats(const WaveBufferStats& d) {

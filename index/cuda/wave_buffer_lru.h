@@ -34,9 +34,13 @@
 #define WAVEKV_INDEX_CUDA_WAVE_BUFFER_LRU_H_
 
 #include <cstdint>
+#include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 
 namespace wavekv::cuda {
@@ -78,6 +82,42 @@ struct WaveBufferPlan {
   }
 };
 
+// A fixed set of threads for the bookkeeping of one step at a time (rows
+// split over them), started once instead of per step. Thread-compatible:
+// one caller of Run at a time.
+class WaveBufferWorkers {
+ public:
+  // `threads` >= 1 runs in all, the caller of Run included.
+  explicit WaveBufferWorkers(int threads);
+  ~WaveBufferWorkers();  // joins the helper threads
+  WaveBufferWorkers(const WaveBufferWorkers&) = delete;
+  WaveBufferWorkers& operator=(const WaveBufferWorkers&) = delete;
+
+  int threads() const { return static_cast<int>(helpers_.size()) + 1; }
+  // Runs fn(0), ..., fn(tasks - 1), task 0 on the caller, each other on its
+  // own thread, and returns when all have returned. REQUIRES: 1 <= tasks <=
+  // threads().
+  void Run(int tasks, absl::FunctionRef<void(int)> fn);
+
+ private:
+  struct Wait {
+    WaveBufferWorkers* self;
+    uint64_t seen;  // the last generation this helper saw
+  };
+  // absl::Condition predicates (mu_ held).
+  static bool Ready(Wait* w) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  static bool Done(WaveBufferWorkers* self) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  void Helper(int index);
+
+  absl::Mutex mu_;
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+  int tasks_ ABSL_GUARDED_BY(mu_) = 0;
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  const absl::FunctionRef<void(int)>* fn_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::vector<std::thread> helpers_;
+};
+
 class WaveBufferLru {
  public:
   static constexpr int kMaxSlotsPerRow = (1 << 24) - 3;
@@ -106,6 +146,14 @@ class WaveBufferLru {
                 absl::Span<const int32_t> row_first_token, int row_begin,
                 int row_end, WaveBufferPlan* plan, WaveBufferStats* stats);
   void AddStats(const WaveBufferStats& delta);
+
+  // One step with its rows split over `tasks` (<= workers->threads(), at
+  // most num_rows) contiguous ranges, one plan each: equal to Step with the
+  // plans' contents concatenated in order. `plans` is resized to `tasks`.
+  void StepParallel(absl::Span<const int32_t> selected, int num_selected,
+                    absl::Span<const int32_t> row_first_token, int tasks,
+                    WaveBufferWorkers* workers,
+                    std::vector<WaveBufferPlan>* plans);
 
   // Index in the slot-id table of the first slot id of (row, cluster).
   int64_t SlotListIndex(int row, int cluster) const {
@@ -189,6 +237,10 @@ class WaveBufferLru {
   std::vector<int32_t> sizes_;       // [rows][clusters], for escaped sizes
   std::vector<int32_t> list_index_;  // [rows][clusters] piece prefix in row
   std::vector<Row> rows_;
+  struct alignas(64) PaddedStats {
+    WaveBufferStats stats;
+  };
+  std::vector<PaddedStats> deltas_;  // StepParallel's, per task
   WaveBufferStats stats_;
 };
 

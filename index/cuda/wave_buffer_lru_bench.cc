@@ -28,6 +28,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -459,19 +460,26 @@ void Run(benchmark::State& state, std::vector<Lru>& layers, int rows,
   const std::vector<int32_t> first(rows, 580);
   std::vector<WaveBufferPlan> plans(threads);
   std::vector<int32_t> ids;
+  WaveBufferWorkers workers(threads);
   auto step = [&](Lru& l, const std::vector<int32_t>& sel) {
-    l.BeginStep();
-    std::vector<WaveBufferStats> d(threads);
-    auto work = [&](int t) {
-      plans[t].Clear();
-      l.StepRows(sel, kSelected, first, rows * t / threads,
-                 rows * (t + 1) / threads, &plans[t], &d[t]);
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
-    work(0);
-    for (auto& th : pool) th.join();
-    for (auto& x : d) l.AddStats(x);
+    if constexpr (std::is_same_v<Lru, WaveBufferLru>) {
+      // As WaveBuffer::Update does now: threads started once.
+      l.StepParallel(sel, kSelected, first, threads, &workers, &plans);
+    } else {
+      // As WaveBuffer::Update did: a thread per part, started every step.
+      l.BeginStep();
+      std::vector<WaveBufferStats> d(threads);
+      auto work = [&](int t) {
+        plans[t].Clear();
+        l.StepRows(sel, kSelected, first, rows * t / threads,
+                   rows * (t + 1) / threads, &plans[t], &d[t]);
+      };
+      std::vector<std::thread> pool;
+      for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+      work(0);
+      for (auto& th : pool) th.join();
+      for (auto& x : d) l.AddStats(x);
+    }
   };
   for (int t = 0; t < kWarm; ++t) {
     for (int L = 0; L < kLayers; ++L) {
