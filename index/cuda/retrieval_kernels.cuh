@@ -12,46 +12,55 @@
 #include <cstdint>
 
 #include "index/cuda/retrieval_raw.h"
+#include "index/cuda/vec_load.cuh"
 
 namespace wavekv::cuda::retrieval {
 
 // Clusters scored by one block of the logits kernel (one tile statistic
-// per head each), clusters per block of the score kernel, estimation-zone
-// clusters per block of the tail kernel.
+// per head each), clusters per block of the score kernel, cluster ids per
+// block of the tail kernel (one tail partial per window).
 inline constexpr int kLogitTile = 256;
 inline constexpr int kScoreTile = 1024;
-// Up to this many clusters per problem the select kernel computes the
-// score keys itself (one launch fewer; latency-bound sizes); larger indexes
-// get the many-block score kernel (one select block would read all logits).
-inline constexpr uint32_t kFusedScoreMaxClusters = 16384;
-inline constexpr int kTailChunk = 128;
-// Radix digits over the 32-bit score key: bits 31..21, 20..10, 9..0.
-inline constexpr int kHist0Bins = 2048;
+inline constexpr int kTailWindow = 512;
+// Score key of cluster c: 0 if empty, else bits(score_c) + 1 (scores are
+// >= 0, so keys order like scores, stay below 2^31, and every non-empty key
+// is > every empty one). The histogram digit is key >> kHistShift (4096
+// bins: 8 exponent and 4 mantissa bits of the score).
+inline constexpr int kHistBins = 4096;
+inline constexpr int kHistShift = 19;
 inline constexpr int kSelectThreads = 1024;
 
 // Byte offsets of the arrays inside one problem's workspace (each 256-byte
-// aligned). Score key of cluster c: 0 if empty, else bits(score_c) + 1, so
-// that keys order like scores and every non-empty key is > every empty one.
+// aligned).
 struct Layout {
   size_t logits;      // float [group][K]
   size_t keys;        // uint32 [K]
-  size_t estimation;  // uint32 [K]: estimation zone ids, id order
   size_t tile_stats;  // float [ceil(K / kLogitTile)][group][2] (max, sum)
-  size_t hist;        // uint32 [kHist0Bins] + counters
-  size_t tail;        // float [ceil(K / kTailChunk)][group][head_dim + 2]
+  size_t hist;        // uint32 [kHistBins] + counters and thresholds
+  size_t windows;     // uint32 [ceil(K / kTailWindow)]: estimation-zone
+                      // members in earlier windows (exclusive prefix)
+  size_t tail;        // float [ceil(K / kTailWindow)][group][head_dim + 2]
   size_t total;
 };
 
-// Counters after the first histogram (all zeroed by the logits kernel):
-// non-empty clusters (score kernel), actual estimation zone size (select
-// kernel), tail blocks done (the last one merges the chunks' partials).
-inline constexpr int kCounterNonEmpty = kHist0Bins;
-inline constexpr int kCounterEstimation = kHist0Bins + 1;
-inline constexpr int kCounterTailDone = kHist0Bins + 2;
-inline constexpr int kHistWords = kHist0Bins + 32;
+// Words after the histogram (zeroed by the logits kernel): non-empty
+// clusters (score kernel), tail blocks done (the last one merges the
+// windows' partials), actual estimation zone size (select kernel); then two
+// 64-bit thresholds (select kernel, at an 8-byte aligned word): a cluster
+// is in the top n iff OrderValue(key, id) >= the threshold of n.
+inline constexpr int kCounterNonEmpty = kHistBins;
+inline constexpr int kCounterTailDone = kHistBins + 1;
+inline constexpr int kCounterEstimation = kHistBins + 2;
+inline constexpr int kThresholdZones = kHistBins + 4;      // 2 words
+inline constexpr int kThresholdRetrieval = kHistBins + 6;  // 2 words
+inline constexpr int kHistWords = kHistBins + 32;
 
 __host__ __device__ inline size_t AlignUp(size_t x) {
   return (x + 255) / 256 * 256;
+}
+
+__host__ __device__ inline uint32_t NumWindows(uint32_t k) {
+  return (k + kTailWindow - 1) / kTailWindow;
 }
 
 __host__ __device__ inline Layout MakeLayout(uint32_t k, int group,
@@ -62,15 +71,14 @@ __host__ __device__ inline Layout MakeLayout(uint32_t k, int group,
   off += AlignUp(size_t{4} * group * k);
   l.keys = off;
   off += AlignUp(size_t{4} * k);
-  l.estimation = off;
-  off += AlignUp(size_t{4} * k);
   l.tile_stats = off;
   off += AlignUp(size_t{8} * group * ((k + kLogitTile - 1) / kLogitTile));
   l.hist = off;
   off += AlignUp(size_t{4} * kHistWords);
+  l.windows = off;
+  off += AlignUp(size_t{4} * NumWindows(k));
   l.tail = off;
-  off += AlignUp(size_t{4} * group * (head_dim + 2) *
-                 ((k + kTailChunk - 1) / kTailChunk));
+  off += AlignUp(size_t{4} * group * (head_dim + 2) * NumWindows(k));
   l.total = off;
   return l;
 }
@@ -80,64 +88,100 @@ __device__ __forceinline__ P* At(void* workspace, size_t offset) {
   return reinterpret_cast<P*>(static_cast<char*>(workspace) + offset);
 }
 
-// 8 consecutive elements of a centroid row, converted to float.
-template <typename T>
-struct Load8;
+// Strict selection order as one 64-bit value: larger = better (score key
+// descending, then id ascending). Distinct for distinct ids.
+__device__ __forceinline__ unsigned long long OrderValue(uint32_t key,
+                                                         uint32_t id) {
+  return (static_cast<unsigned long long>(key) << 32) | ~id;
+}
 
-template <>
-struct Load8<__half> {
-  static __device__ __forceinline__ void Run(const void* p, float* out) {
-    uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
-    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+// Exclusive prefix sum over a block of kThreads threads; `total` gets the
+// block sum. Every thread must call it; it ends with a barrier (s_warp,
+// 32 words, may be reused right after).
+template <int kThreads, typename T>
+__device__ T BlockExclusiveSum(T v, T* s_warp, T& total) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  constexpr int kWarps = kThreads / 32;
+  T x = v;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float2 f = __half22float2(h[i]);
-      out[2 * i] = f.x;
-      out[2 * i + 1] = f.y;
-    }
+  for (int o = 1; o < 32; o *= 2) {
+    const T y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
   }
-};
-
-template <>
-struct Load8<__nv_bfloat16> {
-  static __device__ __forceinline__ void Run(const void* p, float* out) {
-    uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  if (lane == 31) s_warp[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    T w = lane < kWarps ? s_warp[lane] : T{0};
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float2 f = __bfloat1622float2(h[i]);
-      out[2 * i] = f.x;
-      out[2 * i + 1] = f.y;
+    for (int o = 1; o < 32; o *= 2) {
+      const T y = __shfl_up_sync(0xffffffffu, w, o);
+      if (lane >= o) w += y;
     }
+    s_warp[lane] = w;
   }
-};
+  __syncthreads();
+  total = s_warp[kWarps - 1];
+  const T excl = x - v + (warp > 0 ? s_warp[warp - 1] : T{0});
+  __syncthreads();  // s_warp may be reused
+  return excl;
+}
 
-template <>
-struct Load8<float> {
-  static __device__ __forceinline__ void Run(const void* p, float* out) {
-    const float4* f = reinterpret_cast<const float4*>(p);
-    float4 a = __ldg(f), b = __ldg(f + 1);
-    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
-    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
-  }
-};
+// Programmatic dependent launch (sm_90): the score, select and tail
+// kernels are launched so that they may be scheduled while their
+// predecessor in the stream finishes (hiding launch latency); each waits
+// for its predecessor's completion and memory (griddepcontrol.wait) before
+// it reads the workspace. The logits kernel is launched normally: it must
+// not overlap whatever ran before it on the stream.
+__device__ __forceinline__ void WaitForPredecessor() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets the next kernel of the stream be scheduled (it still waits for this
+// one's completion in WaitForPredecessor).
+__device__ __forceinline__ void AllowDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether the current device supports programmatic dependent launch.
+bool DependentLaunchSupported();
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic
+// dependent launch where supported.
+template <typename... KArgs, typename... Args>
+cudaError_t LaunchDependent(void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                            size_t smem, cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = DependentLaunchSupported() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
 
 // Per-stage launchers (each returns a cudaError_t value).
-// Logits + per-tile softmax statistics, zeroes the histogram.
+// Logits + per-tile softmax statistics; zeroes the histogram and counters.
 int LaunchLogits(const RetrievalArgs& a, uint32_t max_clusters,
                  cudaStream_t stream);
-// Group scores, score keys, first radix histogram, non-empty count (only
-// when the select kernel does not score: max_clusters >
-// kFusedScoreMaxClusters).
+// Group scores, score keys, the first radix histogram, non-empty count
+// (many blocks per problem).
 int LaunchScores(const RetrievalArgs& a, uint32_t max_clusters,
                  cudaStream_t stream);
-// Zones (radix select + ordered collection + best-first sort); scores the
-// clusters first when `fused_scores`.
+// Zone thresholds, the retrieval zone best first, per-window offsets of the
+// estimation zone (one block per problem).
 int LaunchSelect(const RetrievalArgs& a, uint32_t max_retrieval,
-                 bool fused_scores, cudaStream_t stream);
-// Tail statistics over the estimation zone (split; the last block of each
-// problem merges).
-int LaunchTail(const RetrievalArgs& a, uint32_t max_estimation,
+                 cudaStream_t stream);
+// Estimation zone ids and tail statistics per window of cluster ids (the
+// last block of each problem merges).
+int LaunchTail(const RetrievalArgs& a, uint32_t max_clusters,
                cudaStream_t stream);
 
 }  // namespace wavekv::cuda::retrieval

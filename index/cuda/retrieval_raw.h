@@ -32,7 +32,9 @@ struct RetrievalProblem {
   // Zone budgets (usually ComputeZoneBudget over the non-empty clusters).
   // The kernels clamp them to the non-empty clusters actually present:
   // retrieval = min(retrieval_clusters, n), estimation =
-  // min(estimation_clusters, n - retrieval).
+  // min(estimation_clusters, n - retrieval); with no retrieval zone
+  // (retrieval_clusters == 0 or n == 0) the estimation zone is empty too,
+  // as in PlanRetrieval.
   uint32_t retrieval_clusters = 0;
   uint32_t estimation_clusters = 0;
   // The group's query heads, [group_size][head_dim] fp32.

@@ -1,23 +1,24 @@
 // Zone selection (see retrieval.h for the contract): one block of 1024
-// threads per problem.
-//  0. Group scores (indexes of up to kFusedScoreMaxClusters clusters; the
-//     score kernel does this for larger ones): the block combines the logits
-//     kernel's tile statistics into each head's softmax max and denominator,
-//     writes every cluster's score key and builds the first radix histogram in
-//     shared memory (no separate score launch, no global atomics).
-//  1. Radix select over the 32-bit score keys (scoring.cu) for two targets
-//     at once: n1 = retrieval + estimation (the zones) and n2 = retrieval.
-//     The first digit's histogram comes from step 0; two more
-//     passes over the keys (11 and 10 bits) give the exact key of the n-th
-//     best cluster and how many keys lie strictly above it.
-//  2. One ordered pass over cluster ids: a key above the threshold is in,
-//     a key equal to it is in while fewer than (n - above) equal keys with a
-//     lower id were taken (ties to the lower id, as on the CPU). Block-wide
-//     prefix sums give each selected cluster its slot, so the estimation
-//     zone comes out in id order.
-//  3. The retrieval zone, as 64-bit (key, ~id) pairs in shared memory, is
-//     ordered best first: by rank (up to kRankSortMax pairs) or by a
-//     bitonic sort.
+// threads per problem, after the score kernel (scoring.cu) wrote every
+// cluster's score key and the problem's histogram of the top key digit.
+// Selection is by the 64-bit OrderValue (key, ~id): distinct per cluster,
+// larger = better, so "top n" is "OrderValue >= the n-th largest" and ties
+// go to the lower id exactly as on the CPU.
+//  1. From the histogram (4096 bins), the bins that hold rank n1 =
+//     retrieval + estimation (the zones) and n2 = retrieval, and how many
+//     clusters lie in higher bins.
+//  2. One pass over the keys collects the clusters of those two bins
+//     (usually a few hundred) into shared memory; if more than
+//     kCandidates, the next step reads the keys again instead (slower,
+//     exact: e.g. all scores equal).
+//  3. Radix select over the remaining 51 bits of OrderValue (key bits
+//     18..0, then ~id) for both targets at once, stopping as soon as each
+//     target's digit bin holds one cluster: the two thresholds.
+//  4. One pass over the keys: clusters >= the retrieval threshold go to
+//     shared memory (sorted best first: by rank up to kRankSortMax, else a
+//     bitonic sort), estimation-zone members are counted per window of
+//     kTailWindow ids; an exclusive scan gives each window its first slot
+//     in the id-ordered estimation zone (the tail kernel fills it).
 #include <cstdint>
 
 #include "index/cuda/retrieval_kernels.cuh"
@@ -26,286 +27,253 @@ namespace wavekv::cuda::retrieval {
 namespace {
 
 constexpr int kThreads = kSelectThreads;
-constexpr int kItems = 16;  // consecutive ids per thread in the ordered pass
-// Keys loaded per thread before the histogram atomics of a radix pass.
-constexpr int kPassUnroll = 8;
+// Keys loaded per thread before they are used, in passes over the keys.
+constexpr int kUnroll = 8;
+// Candidate clusters (the two boundary bins) kept in shared memory.
+constexpr uint32_t kCandidates = 4096;
 // Largest retrieval zone placed by rank instead of the bitonic sort.
 constexpr uint32_t kRankSortMax = 256;
+constexpr int kDigitBins = 2048;
 
-// Exclusive prefix sum over the block of `v`; `total` gets the block sum.
-// Every thread must call it. s_warp holds 32 words.
-template <typename T>
-__device__ T BlockExclusiveSum(T v, T* s_warp, T& total) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  constexpr int kWarps = kThreads / 32;
-  T x = v;
-#pragma unroll
-  for (int o = 1; o < 32; o *= 2) {
-    const T y = __shfl_up_sync(0xffffffffu, x, o);
-    if (lane >= o) x += y;
+using u64 = unsigned long long;
+
+// Appends v to buf (slots counted in *count) for the lanes where `pred`;
+// one shared atomic per warp. The whole warp must call it.
+__device__ __forceinline__ void WarpAppend(bool pred, u64 v, u64* buf,
+                                           uint32_t cap, uint32_t* count) {
+  const unsigned mask = __ballot_sync(0xffffffffu, pred);
+  if (mask == 0) return;
+  const int lane = threadIdx.x % 32;
+  const int leader = __ffs(mask) - 1;
+  uint32_t base = 0;
+  if (lane == leader) base = atomicAdd(count, __popc(mask));
+  base = __shfl_sync(0xffffffffu, base, leader);
+  if (pred) {
+    const uint32_t pos = base + __popc(mask & ((1u << lane) - 1));
+    if (pos < cap) buf[pos] = v;
   }
-  if (lane == 31) s_warp[warp] = x;
-  __syncthreads();
-  if (warp == 0) {
-    T w = lane < kWarps ? s_warp[lane] : 0;
-#pragma unroll
-    for (int o = 1; o < 32; o *= 2) {
-      const T y = __shfl_up_sync(0xffffffffu, w, o);
-      if (lane >= o) w += y;
-    }
-    s_warp[lane] = w;
-  }
-  __syncthreads();
-  total = s_warp[kWarps - 1];
-  const T excl = x - v + (warp > 0 ? s_warp[warp - 1] : T{0});
-  __syncthreads();  // s_warp may be reused
-  return excl;
 }
 
-// For two targets at once (one 64-bit scan; counts stay below 2^32): in
-// hist0 / hist1 (bins, counted from the top), the bin holding target j's
-// element (1-based rank) and the count of elements in higher bins:
-// s_out[2j], s_out[2j + 1].
-__device__ void FindBin2(const uint32_t* hist0, const uint32_t* hist1, int bins,
-                         uint32_t target0, uint32_t target1,
-                         unsigned long long* s_warp, uint32_t* s_out) {
-  const int per = bins / kThreads;  // 1 or 2
-  const int hi = bins - 1 - threadIdx.x * per;
-  unsigned long long local = 0;
-  for (int i = 0; i < per; ++i) {
-    local += hist0[hi - i] | static_cast<unsigned long long>(hist1[hi - i])
-                                 << 32;
+// For two targets at once (one 64-bit scan; counts stay below 2^32): over
+// `bins` bins with counts get(bin, c0, c1), counted from the top, the bin
+// holding target j's element (1-based rank) and the count in higher bins:
+// s_out[2j], s_out[2j + 1]. Ends with a barrier.
+template <class Get>
+__device__ void FindBin2(Get get, int bins, uint32_t target0, uint32_t target1,
+                         u64* s_warp, uint32_t* s_out) {
+  constexpr int kMaxPer = kHistBins / kThreads;
+  const int per = bins > kThreads ? bins / kThreads : 1;
+  uint32_t c0[kMaxPer], c1[kMaxPer];
+  u64 local = 0;
+#pragma unroll
+  for (int i = 0; i < kMaxPer; ++i) {
+    const int from_top = threadIdx.x * per + i;
+    c0[i] = c1[i] = 0;
+    if (i < per && from_top < bins) get(bins - 1 - from_top, c0[i], c1[i]);
+    local += c0[i] | static_cast<u64>(c1[i]) << 32;
   }
-  unsigned long long total;
-  unsigned long long acc = BlockExclusiveSum(local, s_warp, total);
-  for (int i = 0; i < per; ++i) {
-    const uint32_t c0 = hist0[hi - i], c1 = hist1[hi - i];
+  u64 total;
+  u64 acc = BlockExclusiveSum<kThreads>(local, s_warp, total);
+#pragma unroll
+  for (int i = 0; i < kMaxPer; ++i) {
+    const int bin = bins - 1 - (static_cast<int>(threadIdx.x) * per + i);
     const uint32_t a0 = static_cast<uint32_t>(acc), a1 = acc >> 32;
-    if (a0 < target0 && a0 + c0 >= target0) {
-      s_out[0] = hi - i;
+    if (a0 < target0 && a0 + c0[i] >= target0) {
+      s_out[0] = bin;
       s_out[1] = a0;
     }
-    if (a1 < target1 && a1 + c1 >= target1) {
-      s_out[2] = hi - i;
+    if (a1 < target1 && a1 + c1[i] >= target1) {
+      s_out[2] = bin;
       s_out[3] = a1;
     }
-    acc += c0 | static_cast<unsigned long long>(c1) << 32;
+    acc += c0[i] | static_cast<u64>(c1[i]) << 32;
   }
   __syncthreads();
 }
 
-template <int G>
-__device__ uint32_t ScoreKeys(const RetrievalProblem& p, const Layout& lay,
-                              int group, uint32_t* keys, uint32_t* s_hist0,
-                              uint32_t* s_warp) {
-  constexpr int kUnroll = 4;
-  __shared__ float s_m[G], s_inv[G];
-  const uint32_t k = p.num_clusters;
-  // Per-head softmax max and denominator over all tiles (warp h: head h).
-  const int warp = threadIdx.x / 32, wl = threadIdx.x % 32;
-  if (warp < group) {
-    const float* st = At<float>(p.workspace, lay.tile_stats);
-    const uint32_t tiles = (k + kLogitTile - 1) / kLogitTile;
-    float m = -INFINITY;
-    for (uint32_t t = wl; t < tiles; t += 32)
-      m = fmaxf(m, st[(static_cast<size_t>(t) * group + warp) * 2]);
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2)
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    float sum = 0.f;
-    if (m > -INFINITY) {
-      for (uint32_t t = wl; t < tiles; t += 32) {
-        const float* s = st + (static_cast<size_t>(t) * group + warp) * 2;
-        if (s[1] > 0.f) sum += s[1] * __expf(s[0] - m);
-      }
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2)
-      sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    if (wl == 0) {
-      s_m[warp] = m;
-      s_inv[warp] = sum > 0.f ? 1.f / sum : 0.f;
-    }
+// Calls f(OrderValue) for every candidate: the shared list, or (overflow)
+// every non-empty cluster's key.
+template <class F>
+__device__ void ForEachCandidate(bool overflow, const u64* list, uint32_t m,
+                                 const uint32_t* keys, uint32_t k, F f) {
+  if (!overflow) {
+    for (uint32_t i = threadIdx.x; i < m; i += kThreads) f(list[i]);
+    return;
   }
-  __syncthreads();
-  const float* logits = At<float>(p.workspace, lay.logits);
-  uint32_t nonempty = 0;
   for (uint32_t base = 0; base < k; base += kThreads * kUnroll) {
-    uint32_t sz[kUnroll];
-    float l[kUnroll][G];
+    uint32_t kk[kUnroll];
 #pragma unroll
     for (int i = 0; i < kUnroll; ++i) {
       const uint32_t c = base + i * kThreads + threadIdx.x;
-      sz[i] = c < k ? p.sizes[c] : 0u;
-#pragma unroll
-      for (int h = 0; h < G; ++h) {
-        l[i][h] =
-            c < k && h < group ? logits[static_cast<size_t>(h) * k + c] : 0.f;
-      }
+      kk[i] = c < k ? __ldg(keys + c) : 0u;
     }
 #pragma unroll
     for (int i = 0; i < kUnroll; ++i) {
-      const uint32_t c = base + i * kThreads + threadIdx.x;
-      if (c >= k) break;
-      uint32_t key = 0;
-      if (sz[i] != 0) {
-        float score = 0.f;
-#pragma unroll
-        for (int h = 0; h < G; ++h) {
-          if (h >= group) break;
-          score += __expf(l[i][h] - s_m[h]) * s_inv[h];
-        }
-        key = __float_as_uint(score) + 1u;
-        ++nonempty;
-        atomicAdd(&s_hist0[key >> 21], 1u);
-      }
-      keys[c] = key;
+      if (kk[i] != 0) f(OrderValue(kk[i], base + i * kThreads + threadIdx.x));
     }
   }
-  uint32_t total;
-  BlockExclusiveSum(nonempty, s_warp, total);  // ends with a barrier
-  return total;
 }
 
-template <int G>
+// `cap`: OrderValues s_buf holds (>= kCandidates, >= every retrieval zone
+// rounded up to a power of 2).
 __global__ void __launch_bounds__(kThreads)
-    SelectKernel(RetrievalArgs a, bool fused_scores) {
-  extern __shared__ unsigned long long s_sort[];
-  __shared__ uint32_t s_hist[2][kHist0Bins];
+    SelectKernel(RetrievalArgs a, uint32_t cap) {
+  AllowDependents();
+  extern __shared__ u64 s_buf[];  // candidates, then the retrieval zone
+  __shared__ uint32_t s_hist[2][kDigitBins];
+  __shared__ u64 s_warp64[32];
   __shared__ uint32_t s_warp[32];
-  __shared__ unsigned long long s_warp64[32];
   __shared__ uint32_t s_found[4];
+  __shared__ uint32_t s_count;
+  __shared__ u64 s_thr[2];
   const RetrievalProblem p = a.device_problems[blockIdx.x];
+  WaitForPredecessor();
   const uint32_t k = p.num_clusters;
   const Layout lay = MakeLayout(k, a.group_size, a.head_dim);
   uint32_t* ghist = At<uint32_t>(p.workspace, lay.hist);
-  uint32_t* keys = At<uint32_t>(p.workspace, lay.keys);
-  uint32_t* est = At<uint32_t>(p.workspace, lay.estimation);
-
-  uint32_t nonempty;
-  if (fused_scores) {  // uniform across the grid
-    for (int i = threadIdx.x; i < kHist0Bins; i += kThreads) s_hist[0][i] = 0;
-    __syncthreads();
-    nonempty = ScoreKeys<G>(p, lay, a.group_size, keys, s_hist[0], s_warp);
-  } else {
-    nonempty = k == 0 ? 0 : ghist[kCounterNonEmpty];
-    for (int i = threadIdx.x; i < kHist0Bins; i += kThreads) {
-      s_hist[0][i] = ghist[i];
-    }
-    __syncthreads();
+  const uint32_t* keys = At<uint32_t>(p.workspace, lay.keys);
+  uint32_t* windows = At<uint32_t>(p.workspace, lay.windows);
+  const uint32_t num_windows = NumWindows(k);
+  for (uint32_t i = threadIdx.x; i < num_windows; i += kThreads) {
+    windows[i] = 0;
   }
+  const uint32_t nonempty = k == 0 ? 0 : ghist[kCounterNonEmpty];
   const uint32_t n2 = min(p.retrieval_clusters, nonempty);
-  const uint32_t n1 = n2 + min(p.estimation_clusters, nonempty - n2);
-  uint32_t target[2] = {n1, n2};  // remaining rank inside the prefix
-  uint32_t prefix[2] = {0, 0};
-  uint32_t above[2] = {0, 0};
-
+  // No retrieval zone, no estimation zone (as PlanRetrieval).
+  const uint32_t n1 =
+      n2 == 0 ? 0 : n2 + min(p.estimation_clusters, nonempty - n2);
+  // thr[0]: zones (top n1), thr[1]: retrieval (top n2); ~0: nothing.
+  u64 thr[2] = {~0ull, ~0ull};
   if (n2 > 0) {
-    // Digit 0 (bits 31..21): histogram from step 0.
-    FindBin2(s_hist[0], s_hist[0], kHist0Bins, target[0], target[1], s_warp64,
-             s_found);
-    for (int j = 0; j < 2; ++j) {
-      prefix[j] = s_found[2 * j];
-      target[j] -= s_found[2 * j + 1];
-      above[j] += s_found[2 * j + 1];
+    // 1. Boundary bins of the top digit.
+    FindBin2([&](int bin, uint32_t& c0, uint32_t& c1) { c0 = c1 = ghist[bin]; },
+             kHistBins, n1, n2, s_warp64, s_found);
+    const uint32_t bin[2] = {s_found[0], s_found[2]};
+    uint32_t target[2] = {n1 - s_found[1], n2 - s_found[3]};
+    if (threadIdx.x == 0) s_count = 0;
+    __syncthreads();
+    // 2. Candidates: the clusters of both boundary bins.
+    for (uint32_t base = 0; base < k; base += kThreads * kUnroll) {
+      uint32_t kk[kUnroll];
+#pragma unroll
+      for (int i = 0; i < kUnroll; ++i) {
+        const uint32_t c = base + i * kThreads + threadIdx.x;
+        kk[i] = c < k ? __ldg(keys + c) : 0u;
+      }
+#pragma unroll
+      for (int i = 0; i < kUnroll; ++i) {
+        const uint32_t d = kk[i] >> kHistShift;
+        WarpAppend(kk[i] != 0 && (d == bin[0] || d == bin[1]),
+                   OrderValue(kk[i], base + i * kThreads + threadIdx.x), s_buf,
+                   cap, &s_count);
+      }
     }
     __syncthreads();
-    // Digits 1 (bits 20..10) and 2 (bits 9..0).
-    for (int pass = 1; pass <= 2; ++pass) {
-      const int shift = pass == 1 ? 10 : 0;
-      const int bins = pass == 1 ? 2048 : 1024;
-      const int known = pass == 1 ? 21 : 10;  // bits above this digit
-      for (int i = threadIdx.x; i < 2 * kHist0Bins; i += kThreads) {
+    const uint32_t m = s_count;
+    const bool overflow = m > cap;
+    // 3. Radix select below the top digit: OrderValue bits 50..0.
+    u64 prefix[2] = {static_cast<u64>(bin[0]) << 51, static_cast<u64>(bin[1])
+                                                         << 51};
+    int known[2] = {51, 51};  // bits below `known` not yet fixed
+    bool unique[2] = {false, false};
+    for (int pass = 0; pass < 5 && !(unique[0] && unique[1]); ++pass) {
+      const int width = pass < 4 ? 11 : 7;
+      const int shift = 51 - 11 * pass - width;
+      for (int i = threadIdx.x; i < 2 * kDigitBins; i += kThreads) {
         (&s_hist[0][0])[i] = 0;
       }
       __syncthreads();
-      // kPassUnroll independent key loads in flight before the atomics.
-      for (uint32_t base = 0; base < k; base += kThreads * kPassUnroll) {
-        uint32_t kk[kPassUnroll];
+      const int above = shift + width;
+      ForEachCandidate(overflow, s_buf, m, keys, k, [&](u64 v) {
+        const uint32_t digit =
+            static_cast<uint32_t>(v >> shift) & ((1u << width) - 1);
 #pragma unroll
-        for (int i = 0; i < kPassUnroll; ++i) {
-          const uint32_t c = base + i * kThreads + threadIdx.x;
-          kk[i] = c < k ? keys[c] : 0u;
+        for (int j = 0; j < 2; ++j) {
+          if (!unique[j] && (v >> above) == (prefix[j] >> above)) {
+            atomicAdd(&s_hist[j][digit], 1u);
+          }
         }
-#pragma unroll
-        for (int i = 0; i < kPassUnroll; ++i) {
-          if (base + i * kThreads + threadIdx.x >= k) break;
-          const uint32_t key = kk[i];
-          const uint32_t digit = (key >> shift) & (bins - 1);
-          if ((key >> known) == prefix[0]) atomicAdd(&s_hist[0][digit], 1u);
-          if ((key >> known) == prefix[1]) atomicAdd(&s_hist[1][digit], 1u);
-        }
-      }
+      });
       __syncthreads();
-      FindBin2(s_hist[0], s_hist[1], bins, target[0], target[1], s_warp64,
-               s_found);
+      FindBin2(
+          [&](int b, uint32_t& c0, uint32_t& c1) {
+            c0 = s_hist[0][b];
+            c1 = s_hist[1][b];
+          },
+          1 << width, unique[0] ? 0u : target[0], unique[1] ? 0u : target[1],
+          s_warp64, s_found);
+#pragma unroll
       for (int j = 0; j < 2; ++j) {
-        prefix[j] = (prefix[j] << (pass == 1 ? 11 : 10)) | s_found[2 * j];
+        if (unique[j]) continue;
+        const uint32_t digit = s_found[2 * j];
+        prefix[j] |= static_cast<u64>(digit) << shift;
         target[j] -= s_found[2 * j + 1];
-        above[j] += s_found[2 * j + 1];
+        known[j] = shift;
+        unique[j] = s_hist[j][digit] == 1;
       }
-      __syncthreads();
+      __syncthreads();  // s_hist, s_found reused
     }
+    // The one cluster under each prefix is the threshold.
+    if (known[0] > 0 || known[1] > 0) {
+      ForEachCandidate(overflow, s_buf, m, keys, k, [&](u64 v) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          if (known[j] > 0 && (v >> known[j]) == (prefix[j] >> known[j])) {
+            s_thr[j] = v;
+          }
+        }
+      });
+    }
+    __syncthreads();
+    thr[0] = known[0] > 0 ? s_thr[0] : prefix[0];
+    thr[1] = known[1] > 0 ? s_thr[1] : prefix[1];
+    if (threadIdx.x == 0) s_count = 0;
+    __syncthreads();  // candidates dead: s_buf takes the retrieval zone
   }
-  // prefix[j] is now the full threshold key, target[j] how many keys equal
-  // to it (lowest ids first) are taken.
-  const uint32_t t1 = prefix[0], t2 = prefix[1];
-  const uint32_t need1 = target[0], need2 = target[1];
-  uint32_t eq1 = 0, eq2 = 0, taken_r = 0, taken_e = 0;  // running totals
+  // 4. Retrieval zone members; estimation-zone members per window (a warp's
+  // 32 ids lie in one window: one global atomic per warp).
   if (n2 > 0) {
-    for (uint32_t base = 0; base < k; base += kThreads * kItems) {
-      const uint32_t c0 = base + threadIdx.x * kItems;
-      uint32_t kk[kItems];
-      uint32_t e1 = 0, e2 = 0;
+    for (uint32_t base = 0; base < k; base += kThreads * kUnroll) {
+      uint32_t kk[kUnroll];
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        kk[i] = c0 + i < k ? keys[c0 + i] : 0u;
-        e1 += kk[i] == t1;
-        e2 += kk[i] == t2;
+      for (int i = 0; i < kUnroll; ++i) {
+        const uint32_t c = base + i * kThreads + threadIdx.x;
+        kk[i] = c < k ? __ldg(keys + c) : 0u;
       }
-      uint32_t total;
-      const uint32_t ex = BlockExclusiveSum(e1 | (e2 << 16), s_warp, total);
-      uint32_t tie1 = eq1 + (ex & 0xffffu), tie2 = eq2 + (ex >> 16);
-      eq1 += total & 0xffffu;
-      eq2 += total >> 16;
-      uint32_t in_r = 0, in_e = 0;  // bit i: item i selected
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        const bool r = kk[i] > t2 || (kk[i] == t2 && tie2 < need2);
-        const bool z = kk[i] > t1 || (kk[i] == t1 && tie1 < need1);
-        tie1 += kk[i] == t1;
-        tie2 += kk[i] == t2;
-        in_r |= static_cast<uint32_t>(r) << i;
-        in_e |= static_cast<uint32_t>(z && !r) << i;
-      }
-      const uint32_t cnt = __popc(in_r) | (__popc(in_e) << 16);
-      const uint32_t pos = BlockExclusiveSum(cnt, s_warp, total);
-      uint32_t rp = taken_r + (pos & 0xffffu), ep = taken_e + (pos >> 16);
-      taken_r += total & 0xffffu;
-      taken_e += total >> 16;
-#pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        const uint32_t id = c0 + i;
-        if (in_r >> i & 1u) {
-          s_sort[rp++] = (static_cast<unsigned long long>(kk[i]) << 32) | ~id;
-        } else if (in_e >> i & 1u) {
-          est[ep] = id;
-          if (p.out_estimation != nullptr) p.out_estimation[ep] = id;
-          ++ep;
+      for (int i = 0; i < kUnroll; ++i) {
+        const uint32_t c = base + i * kThreads + threadIdx.x;
+        const u64 v = OrderValue(kk[i], c);
+        const bool in_r = c < k && v >= thr[1];
+        const bool in_e = c < k && !in_r && v >= thr[0];
+        WarpAppend(in_r, v, s_buf, cap, &s_count);
+        const unsigned e = __ballot_sync(0xffffffffu, in_e);
+        if (e != 0 && threadIdx.x % 32 == 0) {
+          atomicAdd(&windows[c / kTailWindow], __popc(e));
         }
       }
     }
   }
-  // The retrieval zone best first. (key, ~id) pairs are distinct, so a
-  // small zone is placed by rank (a thread per pair counts the larger ones:
-  // no barriers); a larger one is sorted by a bitonic sort, descending.
   __syncthreads();
+  // Window offsets: exclusive scan in place, 1024 windows per round.
+  uint32_t running = 0;
+  for (uint32_t base = 0; base < num_windows; base += kThreads) {
+    const uint32_t i = base + threadIdx.x;
+    const uint32_t c = i < num_windows ? __ldcg(windows + i) : 0u;
+    uint32_t total;
+    const uint32_t ex = BlockExclusiveSum<kThreads>(c, s_warp, total);
+    if (i < num_windows) windows[i] = running + ex;
+    running += total;
+  }
+  // The retrieval zone best first. OrderValues are distinct, so a small
+  // zone is placed by rank (a thread per value counts the larger ones: no
+  // barriers); a larger one is sorted by a bitonic sort, descending.
   if (n2 <= kRankSortMax) {
     for (uint32_t i = threadIdx.x; i < n2; i += kThreads) {
-      const unsigned long long v = s_sort[i];
+      const u64 v = s_buf[i];
       uint32_t rank = 0;
 #pragma unroll 8
-      for (uint32_t j = 0; j < n2; ++j) rank += s_sort[j] > v;
+      for (uint32_t j = 0; j < n2; ++j) rank += s_buf[j] > v;
       p.out_retrieval[rank] = ~static_cast<uint32_t>(v & 0xffffffffull);
     }
     for (uint32_t i = n2 + threadIdx.x; i < p.retrieval_clusters;
@@ -315,18 +283,18 @@ __global__ void __launch_bounds__(kThreads)
   } else {
     uint32_t size = 1;
     while (size < n2) size *= 2;
-    for (uint32_t i = n2 + threadIdx.x; i < size; i += kThreads) s_sort[i] = 0;
+    for (uint32_t i = n2 + threadIdx.x; i < size; i += kThreads) s_buf[i] = 0;
     __syncthreads();
     for (uint32_t span = 2; span <= size; span *= 2) {
       for (uint32_t j = span / 2; j > 0; j /= 2) {
         for (uint32_t i = threadIdx.x; i < size; i += kThreads) {
           const uint32_t x = i ^ j;
           if (x > i) {
-            const unsigned long long u = s_sort[i], v = s_sort[x];
+            const u64 u = s_buf[i], v = s_buf[x];
             const bool desc = (i & span) == 0;
             if (desc ? u < v : u > v) {
-              s_sort[i] = v;
-              s_sort[x] = u;
+              s_buf[i] = v;
+              s_buf[x] = u;
             }
           }
         }
@@ -335,7 +303,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     for (uint32_t i = threadIdx.x; i < p.retrieval_clusters; i += kThreads) {
       p.out_retrieval[i] =
-          i < n2 ? ~static_cast<uint32_t>(s_sort[i] & 0xffffffffull)
+          i < n2 ? ~static_cast<uint32_t>(s_buf[i] & 0xffffffffull)
                  : kNoCluster;
     }
   }
@@ -349,35 +317,27 @@ __global__ void __launch_bounds__(kThreads)
     p.out_counts[0] = n2;
     p.out_counts[1] = n1 - n2;
     ghist[kCounterEstimation] = n1 - n2;
+    *reinterpret_cast<u64*>(ghist + kThresholdZones) = thr[0];
+    *reinterpret_cast<u64*>(ghist + kThresholdRetrieval) = thr[1];
   }
-}
-
-template <int G>
-int LaunchSelectTyped(const RetrievalArgs& a, int smem, bool fused,
-                      cudaStream_t stream) {
-  if (smem > 32 * 1024) {  // static shared memory is ~16 KiB
-    const cudaError_t attr = cudaFuncSetAttribute(
-        SelectKernel<G>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (attr != cudaSuccess) return static_cast<int>(attr);
-  }
-  SelectKernel<G><<<a.num_problems, kThreads, smem, stream>>>(a, fused);
-  return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace
 
 int LaunchSelect(const RetrievalArgs& a, uint32_t max_retrieval,
-                 bool fused_scores, cudaStream_t stream) {
+                 cudaStream_t stream) {
   uint32_t size = 1;
   while (size < max_retrieval) size *= 2;
-  const int smem = static_cast<int>(size * sizeof(unsigned long long));
-  if (a.group_size <= 1)
-    return LaunchSelectTyped<1>(a, smem, fused_scores, stream);
-  if (a.group_size <= 2)
-    return LaunchSelectTyped<2>(a, smem, fused_scores, stream);
-  if (a.group_size <= 4)
-    return LaunchSelectTyped<4>(a, smem, fused_scores, stream);
-  return LaunchSelectTyped<kMaxRetrievalGroup>(a, smem, fused_scores, stream);
+  if (size < kCandidates) size = kCandidates;
+  const int smem = static_cast<int>(size * sizeof(u64));
+  // Static shared memory is ~17 KiB: over 48 KiB in all needs the opt-in.
+  if (smem > 24 * 1024) {
+    const cudaError_t attr = cudaFuncSetAttribute(
+        SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (attr != cudaSuccess) return static_cast<int>(attr);
+  }
+  return static_cast<int>(LaunchDependent(SelectKernel, a.num_problems,
+                                          kThreads, smem, stream, a, size));
 }
 
 }  // namespace wavekv::cuda::retrieval

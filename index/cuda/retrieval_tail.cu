@@ -1,14 +1,17 @@
 // Tail statistics over the estimation zone (see retrieval.h for the
 // contract) and the whole pipeline's launcher.
 //
-// Tail kernel: grid (chunks of kTailChunk estimation-zone clusters,
-// problems). Per query head the block takes its chunk's max logit, the
-// weights e^{l_c - m} and Σ s_c e^{l_c - m}; then every value-sum row of the
-// chunk is read once (kLanes = head_dim / 4 threads, 16-byte loads) and
-// applied to all heads of the group. One partial (m, den, num[d]) per
-// (chunk, head). The last block of a problem to finish (a counter in the
-// workspace, zeroed by the logits kernel) combines the chunks of every head
-// with a log-sum-exp rescale, so the merge costs no launch of its own.
+// Tail kernel: grid (windows of kTailWindow cluster ids, problems). Each
+// block finds the estimation-zone members of its window by the select
+// kernel's two thresholds (in id order, by a block scan; written to
+// out_estimation from the window's offset), then per query head takes
+// their max logit, the weights e^{l_c - m} and sum of s_c e^{l_c - m}; every
+// member's value-sum row is read once (kLanes = head_dim / 4 threads,
+// 16-byte loads) and applied to all heads of the group. One partial
+// (m, den, num[d]) per (window, head). The last block of a problem to
+// finish (a counter in the workspace, zeroed by the logits kernel)
+// combines the windows of every head with a log-sum-exp rescale, so the
+// merge costs no launch of its own.
 #include <cfloat>
 #include <cstdint>
 
@@ -26,44 +29,74 @@ __device__ __forceinline__ float* TailSlot(void* ws, const Layout& lay,
          (static_cast<size_t>(chunk) * group + h) * (head_dim + 2);
 }
 
-// One chunk's partial for every head (the whole block calls it).
+// One window's partial for every head (the whole block calls it).
 template <int D, int G>
-__device__ void TailChunk(const RetrievalProblem& p, const Layout& lay,
-                          int group, uint32_t zone) {
+__device__ void TailWindow(const RetrievalProblem& p, const Layout& lay,
+                           int group) {
   constexpr int kLanes = D / 4;
   constexpr int kRowGroups = kThreads / kLanes;
+  constexpr int kIds = kTailWindow / kThreads;  // consecutive ids per thread
   const uint32_t k = p.num_clusters;
-  const uint32_t begin = blockIdx.x * kTailChunk;
-  const uint32_t n = min(static_cast<uint32_t>(kTailChunk), zone - begin);
+  const uint32_t begin = blockIdx.x * kTailWindow;
 
-  __shared__ uint32_t s_id[kTailChunk];
-  __shared__ float s_size[kTailChunk];
-  __shared__ float s_w[G][kTailChunk];
-  __shared__ float s_acc[kRowGroups][G][D];
-  const uint32_t* est = At<uint32_t>(p.workspace, lay.estimation);
+  __shared__ uint32_t s_id[kTailWindow];
+  __shared__ float s_size[kTailWindow];
+  __shared__ float s_w[G][kTailWindow];
+  __shared__ float s_acc[kRowGroups / 2][G][D];
+  __shared__ uint32_t s_warp[32];
+  const uint32_t* counters = At<uint32_t>(p.workspace, lay.hist);
+  const unsigned long long thr_zones =
+      *reinterpret_cast<const unsigned long long*>(counters + kThresholdZones);
+  const unsigned long long thr_retrieval =
+      *reinterpret_cast<const unsigned long long*>(counters +
+                                                   kThresholdRetrieval);
+  const uint32_t* keys = At<uint32_t>(p.workspace, lay.keys);
   const float* logits = At<float>(p.workspace, lay.logits);
-  if (threadIdx.x < kTailChunk) {
-    const bool live = threadIdx.x < n;
-    const uint32_t id = live ? est[begin + threadIdx.x] : 0u;
-    s_id[threadIdx.x] = id;
-    s_size[threadIdx.x] = live ? static_cast<float>(p.sizes[id]) : 0.f;
-    for (int h = 0; h < group; ++h) {
-      s_w[h][threadIdx.x] =
-          live ? logits[static_cast<size_t>(h) * k + id] : -INFINITY;
+  // Members of the window in id order.
+  uint32_t in = 0;  // bit i: id begin + kIds * tid + i
+#pragma unroll
+  for (int i = 0; i < kIds; ++i) {
+    const uint32_t c = begin + kIds * threadIdx.x + i;
+    if (c < k) {
+      const unsigned long long v = OrderValue(keys[c], c);
+      in |= static_cast<uint32_t>(v >= thr_zones && v < thr_retrieval) << i;
+    }
+  }
+  uint32_t n;
+  uint32_t pos =
+      BlockExclusiveSum<kThreads>(static_cast<uint32_t>(__popc(in)), s_warp, n);
+  const uint32_t offset =
+      __ldcg(At<uint32_t>(p.workspace, lay.windows) + blockIdx.x);
+#pragma unroll
+  for (int i = 0; i < kIds; ++i) {
+    if (in >> i & 1u) {
+      const uint32_t c = begin + kIds * threadIdx.x + i;
+      s_id[pos] = c;
+      if (p.out_estimation != nullptr) p.out_estimation[offset + pos] = c;
+      ++pos;
     }
   }
   __syncthreads();
-  // Warp h: head h's chunk max, weights and denominator.
+  for (uint32_t i = threadIdx.x; i < kTailWindow; i += kThreads) {
+    const bool live = i < n;
+    const uint32_t id = live ? s_id[i] : 0u;
+    s_size[i] = live ? static_cast<float>(__ldg(p.sizes + id)) : 0.f;
+    for (int h = 0; h < group; ++h) {
+      s_w[h][i] = live ? logits[static_cast<size_t>(h) * k + id] : -INFINITY;
+    }
+  }
+  __syncthreads();
+  // Warp h: head h's window max, weights and denominator.
   const int warp = threadIdx.x / 32, wl = threadIdx.x % 32;
   if (warp < group) {
     float m = -INFINITY;
-    for (int i = wl; i < kTailChunk; i += 32) m = fmaxf(m, s_w[warp][i]);
+    for (uint32_t i = wl; i < n; i += 32) m = fmaxf(m, s_w[warp][i]);
 #pragma unroll
     for (int off = 16; off > 0; off /= 2)
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
     float den = 0.f;
-    for (int i = wl; i < kTailChunk; i += 32) {
-      const float w = i < n ? __expf(s_w[warp][i] - m) : 0.f;
+    for (uint32_t i = wl; i < n; i += 32) {
+      const float w = __expf(s_w[warp][i] - m);
       s_w[warp][i] = w;
       den = fmaf(s_size[i], w, den);
     }
@@ -95,33 +128,49 @@ __device__ void TailChunk(const RetrievalProblem& p, const Layout& lay,
       acc[h][3] = fmaf(w, v.w, acc[h][3]);
     }
   }
+  // Row groups combined in a fixed order through half as many slots: the
+  // upper half hands its sums to the lower half, which then publishes.
+  constexpr int kHalf = kRowGroups / 2;
+  if (rg >= kHalf) {
 #pragma unroll
-  for (int h = 0; h < G; ++h) {
-    if (h >= group) break;
+    for (int h = 0; h < G; ++h) {
+      if (h >= group) break;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) s_acc[rg][h][lane * 4 + j] = acc[h][j];
+      for (int j = 0; j < 4; ++j)
+        s_acc[rg - kHalf][h][lane * 4 + j] = acc[h][j];
+    }
+  }
+  __syncthreads();
+  if (rg < kHalf) {
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      if (h >= group) break;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        s_acc[rg][h][lane * 4 + j] += acc[h][j];
+      }
+    }
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < group * D; idx += kThreads) {
     const int h = idx / D, d = idx % D;
     float sum = 0.f;
 #pragma unroll
-    for (int r = 0; r < kRowGroups; ++r) sum += s_acc[r][h][d];
+    for (int r = 0; r < kHalf; ++r) sum += s_acc[r][h][d];
     TailSlot(p.workspace, lay, blockIdx.x, group, h, D)[2 + d] = sum;
   }
 }
 
-// The last block of a problem: per head, the chunks' maxima (warp h), then
-// in rounds of 32 chunks their weights e^{m_c - m} (warp h) and the
+// The last block of a problem: per head, the windows' maxima (warp h),
+// then in rounds of 32 windows their weights e^{m_c - m} (warp h) and the
 // numerators (the block over (head, dim)). Partials are read with __ldcg:
 // other blocks wrote them (published by their fence before the counter).
 template <int D, int G>
 __device__ void MergeChunks(const RetrievalProblem& p, const Layout& lay,
-                            int group, uint32_t zone) {
+                            int group, uint32_t chunks) {
   constexpr int kPer = (G * D + kThreads - 1) / kThreads;
   __shared__ float s_mm[G];
   __shared__ float s_w[G][32];
-  const uint32_t chunks = (zone + kTailChunk - 1) / kTailChunk;
   const int warp = threadIdx.x / 32, wl = threadIdx.x % 32;
   if (warp < group) {
     float m = -INFINITY;
@@ -163,10 +212,16 @@ __device__ void MergeChunks(const RetrievalProblem& p, const Layout& lay,
         const int h = idx / D, j = idx % D;
         const float* col =
             TailSlot(p.workspace, lay, base, group, h, D) + 2 + j;
+        // The round's 32 values in flight at once, then a sequential sum.
+        float v[32];
+#pragma unroll
+        for (uint32_t i = 0; i < 32; ++i) {
+          v[i] = i < n ? __ldcg(col + i * stride) : 0.f;
+        }
         float acc = 0.f;
-#pragma unroll 8
-        for (uint32_t i = 0; i < n; ++i) {
-          acc = fmaf(s_w[h][i], __ldcg(col + i * stride), acc);
+#pragma unroll
+        for (uint32_t i = 0; i < 32; ++i) {
+          if (i < n) acc = fmaf(s_w[h][i], v[i], acc);
         }
         num[r] += acc;
       }
@@ -189,18 +244,21 @@ __device__ void MergeChunks(const RetrievalProblem& p, const Layout& lay,
   }
 }
 
-// Grid (max(1, chunks of the largest zone), problems).
+// Grid (windows of the largest index, problems).
 template <int D, int G>
 __global__ void __launch_bounds__(kThreads) TailKernel(RetrievalArgs a) {
   __shared__ bool s_last;
+  AllowDependents();  // e.g. the page-table kernel; it waits for us
   const RetrievalProblem p = a.device_problems[blockIdx.y];
+  WaitForPredecessor();
   const uint32_t k = p.num_clusters;
   const int group = a.group_size;
   const Layout lay = MakeLayout(k, group, D);
   uint32_t* counters = At<uint32_t>(p.workspace, lay.hist);
   const uint32_t zone = k == 0 ? 0 : counters[kCounterEstimation];
-  if (blockIdx.x * kTailChunk < zone) {  // uniform across the block
-    TailChunk<D, G>(p, lay, group, zone);
+  const uint32_t windows = zone == 0 ? 0 : NumWindows(k);
+  if (blockIdx.x < windows) {  // uniform across the block
+    TailWindow<D, G>(p, lay, group);
   }
   __threadfence();
   __syncthreads();
@@ -210,31 +268,33 @@ __global__ void __launch_bounds__(kThreads) TailKernel(RetrievalArgs a) {
   __syncthreads();
   if (!s_last) return;  // uniform across the block
   __threadfence();
-  MergeChunks<D, G>(p, lay, group, zone);
+  MergeChunks<D, G>(p, lay, group, windows);
 }
 
 template <int D>
 int LaunchTailTyped(const RetrievalArgs& a, dim3 grid, cudaStream_t s) {
+  cudaError_t err;
   if (a.group_size <= 1) {
-    TailKernel<D, 1><<<grid, kThreads, 0, s>>>(a);
+    err = LaunchDependent(TailKernel<D, 1>, grid, kThreads, 0, s, a);
   } else if (a.group_size <= 2) {
-    TailKernel<D, 2><<<grid, kThreads, 0, s>>>(a);
+    err = LaunchDependent(TailKernel<D, 2>, grid, kThreads, 0, s, a);
   } else if (a.group_size <= 4) {
-    TailKernel<D, 4><<<grid, kThreads, 0, s>>>(a);
+    err = LaunchDependent(TailKernel<D, 4>, grid, kThreads, 0, s, a);
   } else {
-    TailKernel<D, kMaxRetrievalGroup><<<grid, kThreads, 0, s>>>(a);
+    err = LaunchDependent(TailKernel<D, kMaxRetrievalGroup>, grid, kThreads, 0,
+                          s, a);
   }
-  return static_cast<int>(cudaGetLastError());
+  return static_cast<int>(err);
 }
 
 }  // namespace
 
-int LaunchTail(const RetrievalArgs& a, uint32_t max_estimation,
+int LaunchTail(const RetrievalArgs& a, uint32_t max_clusters,
                cudaStream_t stream) {
   // At least one block per problem: the last block writes the partials,
   // the empty partial for an empty zone.
-  const uint32_t chunks = (max_estimation + kTailChunk - 1) / kTailChunk;
-  const dim3 grid(chunks == 0 ? 1 : chunks, a.num_problems);
+  const uint32_t windows = NumWindows(max_clusters);
+  const dim3 grid(windows == 0 ? 1 : windows, a.num_problems);
   switch (a.head_dim) {
     case 64:
       return LaunchTailTyped<64>(a, grid, stream);
@@ -257,7 +317,7 @@ size_t RetrievalWorkspaceBytes(uint32_t num_clusters, int group_size,
 }
 
 int LaunchRetrievalRaw(const RetrievalArgs& args, cudaStream_t stream) {
-  uint32_t max_k = 0, max_r = 0, max_e = 0;
+  uint32_t max_k = 0, max_r = 0;
   for (int i = 0; i < args.num_problems; ++i) {
     const RetrievalProblem& p = args.problems[i];
     max_k = max_k > p.num_clusters ? max_k : p.num_clusters;
@@ -265,24 +325,17 @@ int LaunchRetrievalRaw(const RetrievalArgs& args, cudaStream_t stream) {
                            ? p.retrieval_clusters
                            : p.num_clusters;
     max_r = max_r > r ? max_r : r;
-    const uint32_t e = p.estimation_clusters < p.num_clusters - r
-                           ? p.estimation_clusters
-                           : p.num_clusters - r;
-    max_e = max_e > e ? max_e : e;
   }
   if (int err = retrieval::LaunchLogits(args, max_k, stream); err != 0) {
     return err;
   }
-  const bool fused = max_k <= retrieval::kFusedScoreMaxClusters;
-  if (!fused) {
-    if (int err = retrieval::LaunchScores(args, max_k, stream); err != 0) {
-      return err;
-    }
-  }
-  if (int err = retrieval::LaunchSelect(args, max_r, fused, stream); err != 0) {
+  if (int err = retrieval::LaunchScores(args, max_k, stream); err != 0) {
     return err;
   }
-  return retrieval::LaunchTail(args, max_e, stream);
+  if (int err = retrieval::LaunchSelect(args, max_r, stream); err != 0) {
+    return err;
+  }
+  return retrieval::LaunchTail(args, max_k, stream);
 }
 
 }  // namespace wavekv::cuda

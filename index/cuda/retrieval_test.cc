@@ -2,7 +2,8 @@
 // PlanRetrieval (index/retrieval.h), several problems per launch.
 // Tolerances (centroids representable in the launch's centroid type, so
 // both sides score the same values): retrieval zone identical except at
-// most 2 ranks (near-ties reordered by fp32 summation order and fast exp);
+// most 2 ranks (near-ties reordered by fp32 summation order, fast exp and
+// the tensor cores' accumulation; exact ties always go to the lower id);
 // estimation zone identical up to the same near-ties; tail max logit within
 // 1e-4 (1 + |m|), denominator and numerator within 1e-4 relative.
 // Validation cases run without a GPU; GPU cases skip (with the reason).
@@ -11,7 +12,9 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <random>
 #include <vector>
 
@@ -54,18 +57,28 @@ class DeviceArena {
   std::vector<void*> ptrs_;
 };
 
-WaveIndex RandomIndex(size_t d, size_t k, DType dtype, std::mt19937& rng) {
+// Centroid rows drawn from `distinct` random rows (row c = base[c %
+// distinct]): equal scores in groups, so zone boundaries fall inside ties.
+// distinct == 0: every row independent. Sizes uniform in 0..24 (0: empty)
+// unless `min_size` is raised.
+WaveIndex MakeIndex(size_t d, size_t k, DType dtype, std::mt19937& rng,
+                    size_t distinct = 0, uint32_t min_size = 0) {
   std::normal_distribution<float> normal(0.f, 1.f);
-  std::uniform_int_distribution<uint32_t> size(0, 24);  // 0: empty
+  std::uniform_int_distribution<uint32_t> size(min_size, 24);
   WaveIndexParts p;
   p.head_dim = d;
   p.centroids.resize(k * d);
   p.value_sums.resize(k * d);
   std::vector<uint8_t> tmp(DTypeBytes(dtype));
-  for (float& x : p.centroids) {
+  const size_t rows = distinct == 0 ? k : std::min(distinct, k);
+  for (size_t i = 0; i < rows * d; ++i) {
     float v = 1.5f * normal(rng);
     EncodeFromFloat(dtype, &v, 1, tmp.data());
-    DecodeToFloat(dtype, tmp.data(), 1, &x);
+    DecodeToFloat(dtype, tmp.data(), 1, &p.centroids[i]);
+  }
+  for (size_t c = rows; c < k; ++c) {
+    std::copy_n(p.centroids.begin() + (c % rows) * d, d,
+                p.centroids.begin() + c * d);
   }
   uint64_t t = 0;
   for (size_t c = 0; c < k; ++c) {
@@ -94,36 +107,42 @@ class RetrievalGpuTest : public ::testing::TestWithParam<Case> {
   }
 };
 
+// One problem of a launch: its index, queries and zone parameters.
+struct Spec {
+  WaveIndex index;
+  std::vector<float> queries;
+  WaveIndexParams params;
+};
+
+Spec MakeSpec(WaveIndex index, size_t g, std::mt19937& rng,
+              WaveIndexParams params = {}) {
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<float> q(g * index.head_dim());
+  for (float& x : q) x = normal(rng);
+  return Spec{std::move(index), std::move(q), params};
+}
+
 // Compares the first n problems' outputs with PlanRetrieval on the CPU.
 void CheckProblems(const std::vector<RetrievalProblem>& ps, int n,
-                   const std::vector<WaveIndex>& indexes,
-                   const std::vector<std::vector<float>>& queries, size_t g,
-                   size_t d, const WaveIndexParams& params, float scale);
+                   const std::vector<Spec>& specs, size_t g, size_t d,
+                   float scale);
 
-TEST_P(RetrievalGpuTest, MatchesPlanRetrieval) {
-  const Case c = GetParam();
+// Uploads `specs`, launches LaunchRetrieval over the first `subsets[i]`
+// problems for each i (twice each, outputs poisoned before each call: a
+// call must not depend on state an earlier one left in the workspaces) and
+// checks the outputs against the CPU.
+void RunAndCheck(const Case& c, const std::vector<Spec>& specs,
+                 const std::vector<int>& subsets) {
   const size_t d = c.head_dim, g = c.group;
   const DType dtype = ToDType(c.type);
-  std::mt19937 rng(d * 31 + g * 7 + static_cast<int>(c.type));
-  std::normal_distribution<float> normal(0.f, 1.f);
-  const WaveIndexParams params;
   const float scale = DefaultScale(d);
-  // 0 clusters, a small index, one past a selection tile (16384).
-  const std::vector<size_t> sizes = {0, 333, 16385};
   DeviceArena arena;
-  std::vector<WaveIndex> indexes;
-  std::vector<std::vector<float>> queries;
   std::vector<RetrievalProblem> ps;
-  for (size_t k : sizes) {
-    indexes.push_back(RandomIndex(d, k, dtype, rng));
-    std::vector<float> q(g * d);
-    for (float& x : q) x = normal(rng);
-    queries.push_back(q);
-  }
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    const WaveIndex& idx = indexes[i];
+  for (const Spec& spec : specs) {
+    const WaveIndex& idx = spec.index;
     const size_t k = idx.num_clusters();
-    const ZoneBudget b = ComputeZoneBudget(params, idx.num_nonempty_clusters());
+    const ZoneBudget b =
+        ComputeZoneBudget(spec.params, idx.num_nonempty_clusters());
     std::vector<float> cen(k * d);
     for (size_t j = 0; j < k; ++j) {
       std::vector<float> row = idx.centroid(j);
@@ -138,7 +157,7 @@ TEST_P(RetrievalGpuTest, MatchesPlanRetrieval) {
     p.num_clusters = k;
     p.retrieval_clusters = b.retrieval_clusters;
     p.estimation_clusters = b.estimation_clusters;
-    p.queries = arena.Copy<float>(queries[i].data(), g * d * 4);
+    p.queries = arena.Copy<float>(spec.queries.data(), g * d * 4);
     p.workspace =
         arena.Alloc<void>(RetrievalWorkspaceBytes(k, c.group, c.head_dim));
     p.out_retrieval = arena.Alloc<uint32_t>(b.retrieval_clusters * 4);
@@ -147,10 +166,6 @@ TEST_P(RetrievalGpuTest, MatchesPlanRetrieval) {
     p.out_max = arena.Alloc<float>(g * 4);
     p.out_den = arena.Alloc<float>(g * 4);
     p.out_num = arena.Alloc<float>(g * d * 4);
-    // Poison the outputs: every element must be written.
-    cudaMemset(p.out_retrieval, 0x7f, b.retrieval_clusters * 4);
-    cudaMemset(p.out_estimation, 0x7f, b.estimation_clusters * 4);
-    cudaMemset(p.out_num, 0x7f, g * d * 4);
     ps.push_back(p);
   }
   auto* dev_ps = arena.Copy<RetrievalProblem>(
@@ -160,18 +175,13 @@ TEST_P(RetrievalGpuTest, MatchesPlanRetrieval) {
   a.head_dim = c.head_dim;
   a.group_size = c.group;
   a.scale = scale;
-  a.num_problems = ps.size();
   a.problems = ps.data();
   a.device_problems = dev_ps;
-  // Variant 0: all problems (the largest is over kFusedScoreMaxClusters =
-  // 16384: separate score kernel); variant 1: the first two (the select
-  // kernel scores). Each launched twice, outputs poisoned before each call:
-  // a call must not depend on state an earlier one left in the workspaces.
-  for (int variant = 0; variant < 2; ++variant) {
-    SCOPED_TRACE(testing::Message() << "variant " << variant);
-    a.num_problems = variant == 0 ? static_cast<int>(ps.size()) : 2;
+  for (int n : subsets) {
+    SCOPED_TRACE(testing::Message() << "first " << n << " problems");
+    a.num_problems = n;
     for (int call = 0; call < 2; ++call) {
-      for (int i = 0; i < a.num_problems; ++i) {
+      for (int i = 0; i < n; ++i) {
         cudaMemset(ps[i].out_retrieval, 0x7f, ps[i].retrieval_clusters * 4);
         cudaMemset(ps[i].out_estimation, 0x7f, ps[i].estimation_clusters * 4);
         cudaMemset(ps[i].out_num, 0x7f, g * d * 4);
@@ -182,18 +192,68 @@ TEST_P(RetrievalGpuTest, MatchesPlanRetrieval) {
       ASSERT_TRUE(LaunchRetrieval(a, nullptr).ok());
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     }
-    CheckProblems(ps, a.num_problems, indexes, queries, g, d, params, scale);
+    CheckProblems(ps, n, specs, g, d, scale);
   }
 }
 
+TEST_P(RetrievalGpuTest, MatchesPlanRetrieval) {
+  const Case c = GetParam();
+  const size_t d = c.head_dim, g = c.group;
+  const DType dtype = ToDType(c.type);
+  std::mt19937 rng(d * 31 + g * 7 + static_cast<int>(c.type));
+  // 0 clusters, a small index, one past 16384 clusters; then all
+  // problems, and the first two alone.
+  std::vector<Spec> specs;
+  for (size_t k : {0, 333, 16385}) {
+    specs.push_back(MakeSpec(MakeIndex(d, k, dtype, rng), g, rng));
+  }
+  RunAndCheck(c, specs, {3, 2});
+}
+
+// Zone boundaries inside groups of equal scores (ties to the lower id),
+// all scores equal (more candidates than the select kernel keeps in shared
+// memory: the exact fallback), tiny indexes, an empty estimation budget,
+// an index with no non-empty cluster.
+TEST_P(RetrievalGpuTest, TiesAndEdgeCases) {
+  const Case c = GetParam();
+  const size_t d = c.head_dim, g = c.group;
+  const DType dtype = ToDType(c.type);
+  std::mt19937 rng(d * 17 + g * 3 + static_cast<int>(c.type));
+  WaveIndexParams no_estimation;
+  no_estimation.estimation_fraction = 0.f;
+  WaveIndexParams wide;  // large zones: boundaries deep in the groups
+  wide.retrieval_fraction = 0.3f;
+  wide.estimation_fraction = 0.5f;
+  std::vector<Spec> specs;
+  specs.push_back(MakeSpec(MakeIndex(d, 3000, dtype, rng, 40), g, rng));
+  specs.push_back(MakeSpec(MakeIndex(d, 3001, dtype, rng, 7), g, rng, wide));
+  specs.push_back(MakeSpec(MakeIndex(d, 6000, dtype, rng, 1), g, rng));
+  specs.push_back(MakeSpec(MakeIndex(d, 5, dtype, rng, 1), g, rng));
+  specs.push_back(MakeSpec(MakeIndex(d, 1, dtype, rng, 0, 1), g, rng));
+  specs.push_back(MakeSpec(MakeIndex(d, 7, dtype, rng), g, rng, wide));
+  specs.push_back(
+      MakeSpec(MakeIndex(d, 1000, dtype, rng), g, rng, no_estimation));
+  {
+    WaveIndexParts parts;
+    parts.head_dim = d;
+    parts.centroids.assign(50 * d, 0.5f);
+    parts.value_sums.assign(50 * d, 0.f);
+    parts.sizes.assign(50, 0);
+    auto idx = WaveIndex::FromParts(std::move(parts));
+    ASSERT_TRUE(idx.ok()) << idx.status();
+    specs.push_back(MakeSpec(std::move(*idx), g, rng));
+  }
+  RunAndCheck(c, specs, {static_cast<int>(specs.size())});
+}
+
 void CheckProblems(const std::vector<RetrievalProblem>& ps, int n,
-                   const std::vector<WaveIndex>& indexes,
-                   const std::vector<std::vector<float>>& queries, size_t g,
-                   size_t d, const WaveIndexParams& params, float scale) {
+                   const std::vector<Spec>& specs, size_t g, size_t d,
+                   float scale) {
   for (size_t i = 0; i < static_cast<size_t>(n); ++i) {
     SCOPED_TRACE(testing::Message() << "problem " << i);
     const RetrievalProblem& p = ps[i];
-    auto cpu = PlanRetrieval(indexes[i], queries[i], g, params, scale);
+    auto cpu = PlanRetrieval(specs[i].index, specs[i].queries, g,
+                             specs[i].params, scale);
     ASSERT_TRUE(cpu.ok()) << cpu.status();
     std::vector<uint32_t> counts(2), ret(p.retrieval_clusters),
         est(p.estimation_clusters);
@@ -210,18 +270,26 @@ void CheckProblems(const std::vector<RetrievalProblem>& ps, int n,
     ASSERT_EQ(counts[1], cpu->estimation_clusters.size());
     size_t differ = 0;
     for (size_t j = 0; j < ret.size(); ++j) {
-      differ += ret[j] != cpu->retrieval_clusters[j];
+      const uint32_t want =
+          j < counts[0] ? cpu->retrieval_clusters[j] : kNoCluster;
+      differ += ret[j] != want;
     }
     EXPECT_LE(differ, 2u);
     size_t est_differ = 0;
     for (size_t j = 0; j < est.size(); ++j) {
-      est_differ += est[j] != cpu->estimation_clusters[j];
+      const uint32_t want =
+          j < counts[1] ? cpu->estimation_clusters[j] : kNoCluster;
+      est_differ += est[j] != want;
+    }
+    for (size_t j = counts[1]; j < est.size(); ++j) {
+      EXPECT_EQ(est[j], kNoCluster) << j;
     }
     if (est_differ > 0) {
       // A near-tie at a zone boundary shifts the id-ordered list; accept
       // only a handful of swapped clusters.
-      std::vector<uint32_t> a1 = est, b1(cpu->estimation_clusters.begin(),
-                                         cpu->estimation_clusters.end());
+      std::vector<uint32_t> a1(est.begin(), est.begin() + counts[1]);
+      std::vector<uint32_t> b1(cpu->estimation_clusters.begin(),
+                               cpu->estimation_clusters.end());
       std::vector<uint32_t> only;
       std::set_symmetric_difference(a1.begin(), a1.end(), b1.begin(), b1.end(),
                                     std::back_inserter(only));
@@ -255,6 +323,82 @@ INSTANTIATE_TEST_SUITE_P(Shapes, RetrievalGpuTest,
                                            Case{ElemType::kFp16, 256, 3},
                                            Case{ElemType::kBf16, 64, 2},
                                            Case{ElemType::kFp32, 256, 8}));
+
+// A 1M-token index (65536 clusters, 1180 retrieval / 15205 estimation
+// clusters) beside a small one, fp16 and bf16.
+TEST(RetrievalGpuLargeTest, MillionTokenIndex) {
+  if (absl::Status s = CheckCudaDevice(); !s.ok()) GTEST_SKIP() << s.message();
+  for (ElemType type : {ElemType::kFp16, ElemType::kBf16}) {
+    SCOPED_TRACE(testing::Message() << "type " << static_cast<int>(type));
+    const Case c{type, 128, 4};
+    std::mt19937 rng(99 + static_cast<int>(type));
+    std::vector<Spec> specs;
+    specs.push_back(
+        MakeSpec(MakeIndex(128, 65536, ToDType(type), rng, 0, 1), 4, rng));
+    specs.push_back(MakeSpec(MakeIndex(128, 900, ToDType(type), rng), 4, rng));
+    RunAndCheck(c, specs, {2});
+  }
+}
+
+// retrieval_clusters == 0: both zones empty (as PlanRetrieval), padding
+// written, the empty partial.
+TEST(RetrievalGpuEdgeTest, NoRetrievalBudget) {
+  if (absl::Status s = CheckCudaDevice(); !s.ok()) GTEST_SKIP() << s.message();
+  const size_t d = 64, g = 2, k = 700;
+  std::mt19937 rng(5);
+  WaveIndex idx = MakeIndex(d, k, DType::kFp16, rng);
+  std::vector<float> cen(k * d);
+  for (size_t j = 0; j < k; ++j) {
+    std::vector<float> row = idx.centroid(j);
+    std::copy(row.begin(), row.end(), cen.begin() + j * d);
+  }
+  std::vector<uint8_t> enc(cen.size() * 2);
+  EncodeFromFloat(DType::kFp16, cen.data(), cen.size(), enc.data());
+  std::vector<float> q(g * d, 0.25f);
+  DeviceArena arena;
+  RetrievalProblem p;
+  p.centroids = arena.Copy<void>(enc.data(), enc.size());
+  p.value_sums = arena.Copy<float>(idx.value_sums().data(), k * d * 4);
+  p.sizes = arena.Copy<uint32_t>(idx.cluster_sizes().data(), k * 4);
+  p.num_clusters = k;
+  p.retrieval_clusters = 0;
+  p.estimation_clusters = 100;
+  p.queries = arena.Copy<float>(q.data(), q.size() * 4);
+  p.workspace = arena.Alloc<void>(RetrievalWorkspaceBytes(k, g, d));
+  p.out_counts = arena.Alloc<uint32_t>(8);
+  p.out_estimation = arena.Alloc<uint32_t>(100 * 4);
+  p.out_max = arena.Alloc<float>(g * 4);
+  p.out_den = arena.Alloc<float>(g * 4);
+  p.out_num = arena.Alloc<float>(g * d * 4);
+  cudaMemset(p.out_estimation, 0x7f, 400);
+  cudaMemset(p.out_num, 0x7f, g * d * 4);
+  auto* dev = arena.Copy<RetrievalProblem>(&p, sizeof(p));
+  RetrievalArgs a;
+  a.head_dim = d;
+  a.group_size = g;
+  a.scale = DefaultScale(d);
+  a.num_problems = 1;
+  a.problems = &p;
+  a.device_problems = dev;
+  ASSERT_TRUE(LaunchRetrieval(a, nullptr).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  uint32_t counts[2];
+  std::vector<uint32_t> est(100);
+  std::vector<float> mx(g), den(g), num(g * d);
+  cudaMemcpy(counts, p.out_counts, 8, cudaMemcpyDeviceToHost);
+  cudaMemcpy(est.data(), p.out_estimation, 400, cudaMemcpyDeviceToHost);
+  cudaMemcpy(mx.data(), p.out_max, g * 4, cudaMemcpyDeviceToHost);
+  cudaMemcpy(den.data(), p.out_den, g * 4, cudaMemcpyDeviceToHost);
+  cudaMemcpy(num.data(), p.out_num, g * d * 4, cudaMemcpyDeviceToHost);
+  EXPECT_EQ(counts[0], 0u);
+  EXPECT_EQ(counts[1], 0u);
+  for (uint32_t x : est) EXPECT_EQ(x, kNoCluster);
+  for (size_t h = 0; h < g; ++h) {
+    EXPECT_EQ(mx[h], -INFINITY);
+    EXPECT_EQ(den[h], 0.f);
+  }
+  for (float x : num) EXPECT_EQ(x, 0.f);
+}
 
 // Validation needs no GPU: bad arguments are refused before any launch.
 TEST(RetrievalValidationTest, RejectsBadArguments) {
