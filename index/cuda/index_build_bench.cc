@@ -13,7 +13,7 @@
 //
 // Usage: index_build_bench [--contexts=32768,...] [--kv_heads=8]
 //        [--head_dim=128] [--reps=3] [--layers=32]
-//        [--scorer=auto|mma|wgmma|wgmma_wide] [--update=fused|sort]
+//        [--scorer=auto|mma|wgmma|wgmma_wide|wgmma_pipe] [--update=fused|sort]
 //        [--no_single]
 #include <cuda_runtime.h>
 
@@ -168,6 +168,7 @@ int main(int argc, char** argv) {
       scorer = x == "mma"          ? KMeansScorer::kMmaSync
                : x == "wgmma"      ? KMeansScorer::kWgmma
                : x == "wgmma_wide" ? KMeansScorer::kWgmmaWide
+               : x == "wgmma_pipe" ? KMeansScorer::kWgmmaPipe
                                    : KMeansScorer::kAuto;
     } else if (const char* v = value("--update")) {
       fused_update = std::string(v) != "sort";
@@ -186,6 +187,7 @@ int main(int argc, char** argv) {
               scorer == KMeansScorer::kMmaSync     ? "mma.sync"
               : scorer == KMeansScorer::kWgmma     ? "wgmma"
               : scorer == KMeansScorer::kWgmmaWide ? "wgmma_wide"
+              : scorer == KMeansScorer::kWgmmaPipe ? "wgmma_pipe"
                                                    : "auto",
               KMeansWgmmaAvailable() ? "yes" : "no",
               fused_update ? "fused" : "global sort");

@@ -166,7 +166,8 @@ absl::Status GpuSegmentedKMeans::Validate(
   if (plan.scorer != KMeansScorer::kAuto &&
       plan.scorer != KMeansScorer::kMmaSync &&
       plan.scorer != KMeansScorer::kWgmma &&
-      plan.scorer != KMeansScorer::kWgmmaWide) {
+      plan.scorer != KMeansScorer::kWgmmaWide &&
+      plan.scorer != KMeansScorer::kWgmmaPipe) {
     return absl::InvalidArgumentError(
         absl::StrCat("scorer: unknown value ", static_cast<int>(plan.scorer)));
   }
@@ -226,16 +227,18 @@ absl::Status GpuSegmentedKMeans::Run(const GpuKMeansPlan& plan,
   const int d = plan.head_dim;
   const uint64_t groups = static_cast<uint64_t>(np) * k;
   const int end_bit = std::max(1, static_cast<int>(std::bit_width(groups - 1)));
-  bool wgmma = false, wide = false;
+  bool wgmma = false, wide = false, pipe = false;
   if (plan.scorer == KMeansScorer::kWgmma ||
-      plan.scorer == KMeansScorer::kWgmmaWide) {
+      plan.scorer == KMeansScorer::kWgmmaWide ||
+      plan.scorer == KMeansScorer::kWgmmaPipe) {
     if (!KMeansWgmmaAvailable()) {
       return absl::FailedPreconditionError(
           "scorer: wgmma needs an sm_90a build on a compute capability 9.0 "
           "GPU");
     }
     wgmma = true;
-    wide = plan.scorer == KMeansScorer::kWgmmaWide;
+    wide = plan.scorer != KMeansScorer::kWgmma;
+    pipe = plan.scorer == KMeansScorer::kWgmmaPipe && d <= 128;
   } else if (plan.scorer == KMeansScorer::kAuto) {
     wgmma = wide = KMeansWgmmaAvailable();
   }
@@ -317,6 +320,7 @@ absl::Status GpuSegmentedKMeans::Run(const GpuKMeansPlan& plan,
   a.fused_update = fused;
   a.wgmma = wgmma;
   a.wgmma_wide = wide;
+  a.wgmma_pipe = pipe;
   a.update_jobs = reinterpret_cast<const AssignTile*>(base + l.update_jobs);
   a.num_update_jobs = static_cast<int>(jobs.size());
   a.max_segment_rows = static_cast<uint32_t>(MaxSegmentRows(plan));

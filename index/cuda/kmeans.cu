@@ -18,6 +18,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
 #include <cub/device/device_radix_sort.cuh>
@@ -72,6 +73,21 @@ __device__ __forceinline__ void LoadLaneVec(const T* row, int lane,
   LoadLane<EPL>(row, lane, out);
 }
 
+// EPL fp16 bit patterns to an aligned (EPL * 2 bytes) destination.
+template <int EPL>
+__device__ __forceinline__ void StoreLane(uint16_t* dst, const uint16_t* h) {
+  if constexpr (EPL == 2 || EPL == 4 || EPL == 8) {
+    using V = std::conditional_t<EPL == 8, uint4,
+                                 std::conditional_t<EPL == 4, uint2, uint32_t>>;
+    V v;
+    memcpy(&v, h, sizeof(V));
+    *reinterpret_cast<V*>(dst) = v;
+  } else {
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) dst[e] = h[e];
+  }
+}
+
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(~0u, v, off);
@@ -90,7 +106,20 @@ __global__ void MeanPartialKernel(KMeansRawArgs a, int chunks) {
   const uint32_t t1 = min(a.num_tokens, t0 + kMeanChunkRows);
   double acc = 0.0;
   bool bad = false;
-  for (uint32_t t = t0; t < t1; ++t) {
+  uint32_t t = t0;
+  for (; t + 8 <= t1; t += 8) {  // 8 loads in flight, summed in token order
+    float x[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      x[u] = ToFloat(keys[static_cast<int64_t>(t + u) * prob.row_stride + j]);
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      bad |= !isfinite(x[u]);
+      acc += x[u];
+    }
+  }
+  for (; t < t1; ++t) {
     const float x =
         ToFloat(keys[static_cast<int64_t>(t) * prob.row_stride + j]);
     bad |= !isfinite(x);
@@ -126,9 +155,9 @@ __global__ void CentreKernel(KMeansRawArgs a) {
   const uint32_t t = static_cast<uint32_t>(w % a.num_tokens);
   const KMeansProblem prob = a.problems[p];
   float x[EPL];
-  LoadLane<EPL>(static_cast<const T*>(prob.keys) +
-                    static_cast<int64_t>(t) * prob.row_stride,
-                lane, x);
+  LoadLaneVec<EPL>(static_cast<const T*>(prob.keys) +
+                       static_cast<int64_t>(t) * prob.row_stride,
+                   lane, x);
   float ss = 0.f;
 #pragma unroll
   for (int e = 0; e < EPL; ++e) {
@@ -137,9 +166,10 @@ __global__ void CentreKernel(KMeansRawArgs a) {
   }
   const float norm = sqrtf(WarpSum(ss));
   const float inv = (norm > 0.f && isfinite(norm)) ? 1.f / norm : 1.f;
-  uint16_t* out = a.xhat + w * D + lane * EPL;
+  uint16_t h[EPL];
 #pragma unroll
-  for (int e = 0; e < EPL; ++e) out[e] = HalfBits(x[e] * inv);
+  for (int e = 0; e < EPL; ++e) h[e] = HalfBits(x[e] * inv);
+  StoreLane<EPL>(a.xhat + w * D + lane * EPL, h);
   if (lane == 0) a.sort_vals_in[w] = t;
 }
 
@@ -627,17 +657,28 @@ __global__ void StatsKernel(KMeansRawArgs a) {
 #pragma unroll
   for (int j = 0; j < EPL; ++j) ks[j] = vs[j] = 0.0;
   bool bad = false;
-  for (uint32_t i = b; i < e; ++i) {
-    const int64_t off =
-        static_cast<int64_t>(a.slot_tokens[i]) * prob.row_stride;
-    float x[EPL], v[EPL];
-    LoadLane<EPL>(keys + off, lane, x);
-    LoadLane<EPL>(values + off, lane, v);
+  constexpr int kRows = EPL <= 4 ? 8 : 4;    // member rows in flight
+  for (uint32_t i = b; i < e; i += kRows) {  // warp-uniform
+    float x[kRows][EPL], v[kRows][EPL];
 #pragma unroll
-    for (int j = 0; j < EPL; ++j) {
-      ks[j] += x[j];
-      vs[j] += v[j];
-      bad |= !isfinite(v[j]);
+    for (int u = 0; u < kRows; ++u) {
+      if (i + u < e) {
+        const int64_t off =
+            static_cast<int64_t>(a.slot_tokens[i + u]) * prob.row_stride;
+        LoadLaneVec<EPL>(keys + off, lane, x[u]);
+        LoadLaneVec<EPL>(values + off, lane, v[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kRows; ++u) {
+      if (i + u < e) {
+#pragma unroll
+        for (int j = 0; j < EPL; ++j) {
+          ks[j] += x[u][j];
+          vs[j] += v[u][j];
+          bad |= !isfinite(v[u][j]);
+        }
+      }
     }
   }
   const uint32_t size = e - b;
@@ -691,7 +732,29 @@ int Pipeline(const KMeansRawArgs& a, cudaStream_t stream) {
   constexpr int kSmem = AssignCfg<D>::kSmemBytes;
   constexpr int kWgSmem1 = kmeans_wgmma::Cfg<D, 1>::kSmemBytes;
   constexpr int kWgSmem2 = kmeans_wgmma::Cfg<D, 2>::kSmemBytes;
-  if (a.wgmma && a.wgmma_wide) {
+  int pipe_grid = 0;
+  if constexpr (D <= 128) {
+    if (a.wgmma && a.wgmma_pipe) {
+      constexpr int kPipeSmem = kmeans_wgmma::PipeCfg<D>::kSmemBytes;
+      int dev = 0, sms = 0, per_sm = 0;
+      if ((err =
+               cudaFuncSetAttribute(kmeans_wgmma::WgmmaPipeKernel<D>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    kPipeSmem)) != cudaSuccess ||
+          (err = cudaGetDevice(&dev)) != cudaSuccess ||
+          (err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
+                                        dev)) != cudaSuccess ||
+          (err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+               &per_sm, kmeans_wgmma::WgmmaPipeKernel<D>, 256, kPipeSmem)) !=
+              cudaSuccess) {
+        return err;
+      }
+      pipe_grid = std::max(1, sms * std::max(1, per_sm));
+    }
+  }
+  if (pipe_grid > 0) {
+    err = cudaSuccess;
+  } else if (a.wgmma && a.wgmma_wide) {
     err = cudaFuncSetAttribute(kmeans_wgmma::WgmmaAssignKernel<D, 2>,
                                cudaFuncAttributeMaxDynamicSharedMemorySize,
                                kWgSmem2);
@@ -707,6 +770,17 @@ int Pipeline(const KMeansRawArgs& a, cudaStream_t stream) {
   auto assign = [&](const AssignTile* tiles, int num_tiles, uint32_t* keys,
                     EarlyStop stop) {
     const dim3 grid(num_tiles, a.num_problems);
+    if constexpr (D <= 128) {
+      if (pipe_grid > 0) {
+        const int64_t jobs = static_cast<int64_t>(num_tiles) * a.num_problems;
+        kmeans_wgmma::WgmmaPipeKernel<D>
+            <<<static_cast<unsigned>(std::min<int64_t>(jobs, pipe_grid)), 256,
+               kmeans_wgmma::PipeCfg<D>::kSmemBytes, stream>>>(
+                tiles, num_tiles, a.num_problems, a.xhat, a.cent, a.num_tokens,
+                a.num_clusters, a.assignment, keys, stop);
+        return;
+      }
+    }
     if (a.wgmma && a.wgmma_wide) {
       kmeans_wgmma::WgmmaAssignKernel<D, 2><<<grid, 256, kWgSmem2, stream>>>(
           tiles, a.xhat, a.cent, a.num_tokens, a.num_clusters, a.assignment,

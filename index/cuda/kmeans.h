@@ -58,8 +58,8 @@ struct GpuKMeansPlan {
   // kernel per iteration, with the early stop (segments of at most
   // kFusedMaxSegmentRows tokens; longer ones use the global sort).
   bool fused_update = true;
-  // kAuto: wide wgmma where KMeansWgmmaAvailable(), else mma.sync. kWgmma
-  // or kWgmmaWide where it is not available is FailedPrecondition.
+  // kAuto: wide wgmma where KMeansWgmmaAvailable(), else mma.sync. A wgmma
+  // scorer where it is not available is FailedPrecondition.
   KMeansScorer scorer = KMeansScorer::kAuto;
 };
 
@@ -118,6 +118,7 @@ class GpuSegmentedKMeans {
   // Scorer and update of the last successful Run.
   bool used_wgmma() const { return args_.wgmma; }
   bool used_wide_tiles() const { return args_.wgmma_wide; }
+  bool used_pipelined_scorer() const { return args_.wgmma_pipe; }
   bool used_fused_update() const { return args_.fused_update; }
 
  private:

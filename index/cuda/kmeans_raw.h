@@ -47,12 +47,15 @@ constexpr uint32_t kFusedMaxSegmentRows = 32768;
 
 // Scoring kernels: mma.sync (sm_80 and up, 128-key tiles) or wgmma (sm_90a
 // builds on a compute capability 9.0 GPU, see KMeansWgmmaAvailable) with
-// 128-key (kWgmma) or 256-key (kWgmmaWide) tiles. All give the same bits.
+// 128-key (kWgmma) or 256-key (kWgmmaWide) tiles, or 256-key tiles in a
+// persistent pipelined kernel (kWgmmaPipe; head_dim 256 takes kWgmmaWide).
+// All give the same bits.
 enum class KMeansScorer : int {
   kAuto = 0,
   kMmaSync = 1,
   kWgmma = 2,
   kWgmmaWide = 3,
+  kWgmmaPipe = 4,
 };
 constexpr int kWideAssignRows = 256;
 
@@ -83,6 +86,7 @@ struct KMeansRawArgs {
   bool fused_update = true;
   bool wgmma = false;       // score with WgmmaAssignKernel (caller checked it)
   bool wgmma_wide = false;  // ... with kWideAssignRows-row tiles
+  bool wgmma_pipe = false;  // ... persistent pipelined (head_dim <= 128)
 
   // Device arrays.
   const KMeansProblem* problems = nullptr;  // [num_problems]

@@ -313,10 +313,11 @@ TEST_P(GpuKMeansTest, FusedUpdateGivesTheSameBitsAsGlobalSort) {
   }
 }
 
-// wgmma scorers (where the device runs them; 128- and 256-key tiles)
-// against mma.sync: all accumulate fp16 products in fp32. Separated data:
-// identical bits, equal to the CPU. Random data: at least 99% of the
-// assignments equal (near-ties could in principle round differently).
+// wgmma scorers (where the device runs them; 128- and 256-key tiles, and
+// the persistent pipelined kernel) against mma.sync: all accumulate fp16
+// products in fp32. Separated data: identical bits, equal to the CPU. Random
+// data: at least 99% of the assignments equal (near-ties could in principle
+// round differently).
 TEST_P(GpuKMeansTest, WgmmaScorerAgreesWithMmaSync) {
   SKIP_WITHOUT_GPU();
   if (!KMeansWgmmaAvailable()) {
@@ -338,9 +339,12 @@ TEST_P(GpuKMeansTest, WgmmaScorerAgreesWithMmaSync) {
   const Batch rb = RunBatch(c.dtype, d, n, segs, rkeys, rvalues, mma);
   EXPECT_FALSE(b.used_wgmma);
   ASSERT_EQ(rb.results.size(), p);
-  for (KMeansScorer scorer : {KMeansScorer::kWgmma, KMeansScorer::kWgmmaWide}) {
-    const bool wide = scorer == KMeansScorer::kWgmmaWide;
-    SCOPED_TRACE(wide ? "wgmma, 256-key tiles" : "wgmma, 128-key tiles");
+  for (KMeansScorer scorer : {KMeansScorer::kWgmma, KMeansScorer::kWgmmaWide,
+                              KMeansScorer::kWgmmaPipe}) {
+    const char* name = scorer == KMeansScorer::kWgmma       ? "narrow"
+                       : scorer == KMeansScorer::kWgmmaWide ? "wide"
+                                                            : "pipelined";
+    SCOPED_TRACE(name);
     Paths wg;
     wg.scorer = scorer;
     const Batch a = RunBatch(c.dtype, d, n, segs, keys, values, wg);
@@ -362,8 +366,7 @@ TEST_P(GpuKMeansTest, WgmmaScorerAgreesWithMmaSync) {
       }
       std::printf(
           "[scorers] %s d=%zu %s problem %zu: %zu of %zu assignments equal\n",
-          std::string(DTypeName(c.dtype)).c_str(), d, wide ? "wide" : "narrow",
-          i, same, n);
+          std::string(DTypeName(c.dtype)).c_str(), d, name, i, same, n);
       EXPECT_GE(same, n * 99 / 100);
     }
   }
@@ -425,6 +428,63 @@ TEST(GpuKMeansEmptyClusters, ConstantSegmentLeavesEmptyClusters) {
   // Segment 1 (separated data) agrees token by token.
   for (size_t t = segs[1].begin; t < n; ++t) {
     ASSERT_EQ(r.assignment[t], ref.km.assignment[t]) << "token " << t;
+  }
+}
+
+// The persistent pipelined wgmma scorer with more jobs than blocks: each
+// block walks several (problem, row tile) jobs, with multi-step jobs
+// (default segments: 512 clusters = 4 centroid tiles) and single-step jobs
+// (64-cluster segments, where the next job's keys load into the A stage
+// the previous job just used). Same bits as mma.sync on separated data,
+// >= 99% equal assignments on random data.
+TEST(GpuKMeansPipelined, ManyJobsPerBlockMatchMmaSync) {
+  SKIP_WITHOUT_GPU();
+  if (!KMeansWgmmaAvailable()) {
+    GTEST_SKIP() << "wgmma scorer not available (needs sm_90a on CC 9.0)";
+  }
+  struct Shape {
+    size_t n, p;
+    uint32_t segment_tokens;
+  };
+  for (const Shape& sh : {Shape{16384, 8, 8192}, Shape{4096, 48, 1024}}) {
+    SCOPED_TRACE("n=" + std::to_string(sh.n) + " p=" + std::to_string(sh.p));
+    const size_t d = 128;
+    const std::vector<SegmentPlan> segs =
+        PlanSegments(Params(sh.segment_tokens), sh.n);
+    for (int separated = 0; separated < 2; ++separated) {
+      std::vector<std::vector<float>> keys, values;
+      for (size_t i = 0; i < sh.p; ++i) {
+        keys.push_back(separated
+                           ? testing::SeparatedKeys(segs, sh.n, d, 1000 + i)
+                           : testing::RandomRows(sh.n, d, 1000 + i, 2.0f));
+        values.push_back(testing::RandomRows(sh.n, d, 2000 + i, 0.5f));
+      }
+      Paths pipe, mma;
+      pipe.scorer = KMeansScorer::kWgmmaPipe;
+      mma.scorer = KMeansScorer::kMmaSync;
+      const Batch a = RunBatch(DType::kFp16, d, sh.n, segs, keys, values, pipe);
+      const Batch b = RunBatch(DType::kFp16, d, sh.n, segs, keys, values, mma);
+      ASSERT_EQ(a.results.size(), sh.p);
+      ASSERT_EQ(b.results.size(), sh.p);
+      if (separated) {
+        ExpectSameBits(a, b, "separated");
+        const CpuReference ref =
+            CpuCluster(a.keys[0], a.values[0], sh.n, d, segs, 9);
+        EXPECT_EQ(a.results[0].assignment, ref.km.assignment);
+        continue;
+      }
+      size_t same = 0;
+      for (size_t i = 0; i < sh.p; ++i) {
+        CheckInvariants(a.results[i], a.keys[i], a.values[i], sh.n, d,
+                        "pipelined");
+        for (size_t t = 0; t < sh.n; ++t) {
+          same += a.results[i].assignment[t] == b.results[i].assignment[t];
+        }
+      }
+      std::printf("[pipelined] n=%zu p=%zu: %zu of %zu assignments equal\n",
+                  sh.n, sh.p, same, sh.n * sh.p);
+      EXPECT_GE(same, sh.n * sh.p * 99 / 100);
+    }
   }
 }
 
