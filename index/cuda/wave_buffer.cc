@@ -38,9 +38,14 @@ absl::Status WaveBufferOptions::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "steady_capacity_tokens: ", steady_capacity_tokens, " must be >= 0"));
   }
-  if (update_threads < 1) {
+  if (update_threads < 1 || update_threads > kMaxAdmitSegments) {
     return absl::InvalidArgumentError(
-        absl::StrCat("update_threads: ", update_threads, " must be >= 1"));
+        absl::StrCat("update_threads: ", update_threads, " must be in 1..",
+                     kMaxAdmitSegments));
+  }
+  if (update_ids_per_thread < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "update_ids_per_thread: ", update_ids_per_thread, " must be >= 1"));
   }
   if (max_selected <= 0) {
     return absl::InvalidArgumentError(
@@ -172,10 +177,15 @@ absl::Status WaveBuffer::Init() {
           "cudaMemcpy");
   steady_tokens_host_.assign(rows, 0);
 
-  // Pinned staging, sized for the worst step: every slot refilled, every
-  // resident cluster evicted.
+  // Pinned staging, sized for the worst step: every slot refilled (a slot
+  // takes at most one copy and one slot-id write per step: what a step
+  // admits it does not evict), every resident cluster evicted and as many
+  // admitted (<= one per slot each). Rows own fixed ranges of it, so each
+  // Update thread fills the segment of its rows.
   max_copies_ = static_cast<size_t>(slots);
-  max_writes_ = 2 * static_cast<size_t>(slots) + 2 * static_cast<size_t>(slots);
+  max_writes_ = 3 * static_cast<size_t>(slots);
+  workers_ = std::make_unique<WaveBufferWorkers>(
+      std::min(options_.update_threads, rows));
   void* p = nullptr;
   WB_CUDA(cudaHostAlloc(&p, int64_t{rows} * options_.max_selected * 4,
                         cudaHostAllocDefault),
@@ -284,82 +294,32 @@ absl::Status WaveBuffer::Update() {
   const int64_t n_ids = int64_t{rows} * options_.max_selected;
   const auto ids =
       absl::MakeConstSpan(static_cast<const int32_t*>(host_ids_.get()), n_ids);
-  const auto first = absl::MakeConstSpan(steady_tokens_host_);
-  // Rows are independent: split them over threads when there is enough
+  // Rows are independent: split them over the threads when there is enough
   // work (the bookkeeping is bound by cache misses on the per-cluster state,
   // so threads help even for a few rows).
-  const int threads =
-      n_ids >= 4096 ? std::clamp(rows, 1, options_.update_threads) : 1;
-  plans_.resize(threads);
-  std::vector<WaveBufferStats> deltas(threads);
+  const int parts = static_cast<int>(std::clamp<int64_t>(
+      n_ids / options_.update_ids_per_thread, 1, workers_->threads()));
+  parts_.resize(parts);
   lru_.BeginStep();
-  auto work = [&](int t) {
-    plans_[t].Clear();
-    lru_.StepRows(ids, options_.max_selected, first, rows * t / threads,
-                  rows * (t + 1) / threads, &plans_[t], &deltas[t]);
-  };
-  {
-    std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
-    work(0);
-    for (std::thread& th : pool) th.join();
-  }
-  size_t n_copies = 0, n_writes = 0;
-  for (int t = 0; t < threads; ++t) {
-    lru_.AddStats(deltas[t]);
-    n_copies += plans_[t].copies.size();
-    n_writes +=
-        plans_[t].slot_id_writes.size() + plans_[t].slot_list_writes.size();
-  }
-  if (n_copies > max_copies_ || n_writes > max_writes_) {
-    return absl::InternalError("wave buffer: admission plan exceeds staging");
-  }
-  SlotCopy* copies = static_cast<SlotCopy*>(host_copies_.get());
-  const int nc = layout_.num_clusters;
-  const size_t slot_bytes = 2 * kSlotTokens * row_bytes_;
-  const size_t elem = ElemBytes(layout_.dtype);
-  size_t i = 0;
-  for (const WaveBufferPlan& plan : plans_) {
-    for (const WaveBufferPlan::Copy& c : plan.copies) {
-      const int64_t k = int64_t{c.row} * nc + c.cluster;
-      const int32_t size = layout_.cluster_sizes[k];
-      const int first_tok = c.piece * kSlotTokens;
-      SlotCopy& out = copies[i++];
-      out.num_tokens = std::min(kSlotTokens, size - first_tok);
-      out.dst = static_cast<char*>(pool_.get()) + size_t(c.slot) * slot_bytes;
-      if (stage_ != nullptr && c.first_token >= 0 &&
-          c.first_token + out.num_tokens <= stage_row_tokens_) {
-        // From the copy the attention kernel staged in device memory.
-        const char* sk =
-            static_cast<const char*>(stage_.get()) +
-            (2 * int64_t{c.row} * stage_row_tokens_ + c.first_token) *
-                row_bytes_;
-        out.src_keys = sk;
-        out.src_values = sk + stage_row_tokens_ * row_bytes_;
-      } else {
-        const char* base = static_cast<const char*>(layout_.row_store[c.row]) +
-                           layout_.cluster_offsets[k] * elem;
-        out.src_keys = base + first_tok * row_bytes_;
-        out.src_values = base + (size_t(size) + first_tok) * row_bytes_;
-      }
-    }
-  }
-  SlotTableWrite* writes = static_cast<SlotTableWrite*>(host_writes_.get());
-  size_t w = 0;
-  for (const WaveBufferPlan& plan : plans_) {
-    for (const auto& x : plan.slot_id_writes) {
-      writes[w++] = {x.index, x.value, 0};
-    }
-    for (const auto& x : plan.slot_list_writes) {
-      writes[w++] = {x.index, x.value, 1};
-    }
-  }
+  workers_->Run(parts, [&](int t) { UpdatePart(t, parts, ids); });
   AdmitArgs a;
+  a.num_segments = parts;
+  for (int t = 0; t < parts; ++t) {
+    Part& p = parts_[t];
+    lru_.AddStats(p.stats);
+    if (p.overfull) {
+      return absl::InternalError("wave buffer: admission plan exceeds staging");
+    }
+    a.copy_begin[t] = p.copy_begin;
+    a.copy_count[t] = p.num_copies;
+    a.write_begin[t] = p.write_begin;
+    a.write_count[t] = p.num_writes;
+    a.num_copies += p.num_copies;
+    a.num_writes += p.num_writes;
+  }
   a.row_bytes = static_cast<int>(row_bytes_);
-  a.copies = copies;
-  a.num_copies = static_cast<int>(n_copies);
-  a.writes = writes;
-  a.num_writes = static_cast<int>(w);
+  a.copies = static_cast<const SlotCopy*>(host_copies_.get());
+  a.writes = static_cast<const SlotTableWrite*>(host_writes_.get());
   a.slot_ids = static_cast<int32_t*>(slot_ids_.get());
   a.slot_list = static_cast<int32_t*>(slot_list_.get());
   WB_CUDA(static_cast<cudaError_t>(LaunchAdmitRaw(a, copy_stream_)),
@@ -369,6 +329,65 @@ absl::Status WaveBuffer::Update() {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
           .count();
   return absl::OkStatus();
+}
+
+void WaveBuffer::UpdatePart(int t, int parts, absl::Span<const int32_t> ids) {
+  const int rows = layout_.num_rows;
+  const int row_begin = static_cast<int>(int64_t{rows} * t / parts);
+  const int row_end = static_cast<int>(int64_t{rows} * (t + 1) / parts);
+  Part& part = parts_[t];
+  part.plan.Clear();
+  part.stats = {};
+  lru_.StepRows(ids, options_.max_selected,
+                absl::MakeConstSpan(steady_tokens_host_), row_begin, row_end,
+                &part.plan, &part.stats);
+  // This part's segments: its rows' shares of the staging buffers.
+  const int64_t slots = lru_.slots_per_row();
+  part.copy_begin = static_cast<int>(row_begin * slots);
+  part.write_begin = static_cast<int>(3 * row_begin * slots);
+  const WaveBufferPlan& plan = part.plan;
+  const int64_t n_writes =
+      plan.slot_id_writes.size() + plan.slot_list_writes.size();
+  part.overfull = static_cast<int64_t>(plan.copies.size()) >
+                      (row_end - row_begin) * slots ||
+                  n_writes > 3 * (row_end - row_begin) * slots;
+  part.num_copies = part.num_writes = 0;
+  if (part.overfull) return;
+  part.num_copies = static_cast<int>(plan.copies.size());
+  part.num_writes = static_cast<int>(n_writes);
+
+  SlotCopy* out = static_cast<SlotCopy*>(host_copies_.get()) + part.copy_begin;
+  const int nc = layout_.num_clusters;
+  const size_t slot_bytes = 2 * kSlotTokens * row_bytes_;
+  const size_t elem = ElemBytes(layout_.dtype);
+  char* const pool = static_cast<char*>(pool_.get());
+  const char* const stage = static_cast<const char*>(stage_.get());
+  for (const WaveBufferPlan::Copy& c : plan.copies) {
+    SlotCopy& o = *out++;
+    o.num_tokens = c.num_tokens;
+    o.dst = pool + size_t(c.slot) * slot_bytes;
+    if (stage != nullptr && c.first_token >= 0 &&
+        c.first_token + c.num_tokens <= stage_row_tokens_) {
+      // From the copy the attention kernel staged in device memory.
+      const char* sk =
+          stage +
+          (2 * int64_t{c.row} * stage_row_tokens_ + c.first_token) * row_bytes_;
+      o.src_keys = sk;
+      o.src_values = sk + stage_row_tokens_ * row_bytes_;
+    } else {
+      const int64_t k = int64_t{c.row} * nc + c.cluster;
+      const int32_t size = layout_.cluster_sizes[k];
+      const int first_tok = c.piece * kSlotTokens;
+      const char* base = static_cast<const char*>(layout_.row_store[c.row]) +
+                         layout_.cluster_offsets[k] * elem;
+      o.src_keys = base + first_tok * row_bytes_;
+      o.src_values = base + (size_t(size) + first_tok) * row_bytes_;
+    }
+  }
+  SlotTableWrite* w =
+      static_cast<SlotTableWrite*>(host_writes_.get()) + part.write_begin;
+  for (const auto& x : plan.slot_id_writes) *w++ = {x.index, x.value, 0};
+  for (const auto& x : plan.slot_list_writes) *w++ = {x.index, x.value, 1};
 }
 
 }  // namespace wavekv::cuda

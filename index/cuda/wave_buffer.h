@@ -56,9 +56,13 @@ struct WaveBufferOptions {
   // kernel fills as it reads them (one PCIe read per miss); false: the
   // admission copy reads the host store again.
   bool stage_misses = true;
-  // Most CPU threads for one Update (at most one per row; one thread when
-  // fewer than 4096 ids are selected per step).
-  int update_threads = 4;
+  // Most CPU threads for one Update, 1..kMaxAdmitSegments (at most one per
+  // row and one per 2048 ids selected per step). Started once, at Create;
+  // they sleep between Updates.
+  int update_threads = 8;
+  // Selected ids (rows x max_selected) per Update thread, >= 1: fewer threads
+  // when a step selects less (waking a thread costs more than a few rows).
+  int update_ids_per_thread = 2048;
 
   absl::Status Validate() const;
 };
@@ -135,9 +139,22 @@ class WaveBuffer {
 
   WaveBufferOptions options_;
   ClusterStoreLayout layout_;
+  // Fills part `t` of `parts` of the admission: runs the bookkeeping of its
+  // rows and writes its copies and table writes into its segment of the
+  // pinned staging buffers.
+  void UpdatePart(int t, int parts, absl::Span<const int32_t> ids);
+
   WaveBufferLru lru_;
-  std::vector<WaveBufferPlan> plans_;  // one per Update thread
-  size_t row_bytes_ = 0;               // bytes of one token's keys (or values)
+  std::unique_ptr<WaveBufferWorkers> workers_;
+  struct alignas(64) Part {  // one per Update thread
+    WaveBufferPlan plan;
+    WaveBufferStats stats;
+    int copy_begin = 0, num_copies = 0;
+    int write_begin = 0, num_writes = 0;
+    bool overfull = false;  // the plan did not fit its staging segment
+  };
+  std::vector<Part> parts_;
+  size_t row_bytes_ = 0;  // bytes of one token's keys (or values)
   size_t device_bytes_ = 0;
 
   // Device state.

@@ -26,11 +26,22 @@ struct SlotTableWrite {
   int32_t table = 0;
 };
 
+// Copies and writes come in up to kMaxAdmitSegments segments (one per
+// bookkeeping thread, each filled in place by its thread): copies
+// [copy_begin[s], copy_begin[s] + copy_count[s]) of `copies`, likewise for
+// writes, segments in order.
+constexpr int kMaxAdmitSegments = 16;
+
 struct AdmitArgs {
   int row_bytes = 0;  // head_dim * element bytes, a multiple of 16
   const SlotCopy* copies = nullptr;  // may live in mapped pinned host memory
-  int num_copies = 0;
   const SlotTableWrite* writes = nullptr;
+  int num_segments = 0;
+  int copy_begin[kMaxAdmitSegments] = {};
+  int copy_count[kMaxAdmitSegments] = {};
+  int write_begin[kMaxAdmitSegments] = {};
+  int write_count[kMaxAdmitSegments] = {};
+  int num_copies = 0;  // sums of the counts
   int num_writes = 0;
   int32_t* slot_ids = nullptr;
   int32_t* slot_list = nullptr;

@@ -27,6 +27,9 @@ struct Case {
   int head_dim;
   double fraction;
   bool expect_overflow;
+  // Update threads (WaveBufferOptions); 1 id per thread: one per row.
+  int threads = 8;
+  int ids_per_thread = 2048;
 };
 
 class WaveBufferTest : public ::testing::TestWithParam<Case> {
@@ -84,6 +87,8 @@ TEST_P(WaveBufferTest, StepsMatchCpuAndCountHits) {
   WaveBufferOptions opt;
   opt.buffer_fraction = tc.fraction;
   opt.max_selected = S;
+  opt.update_threads = tc.threads;
+  opt.update_ids_per_thread = tc.ids_per_thread;
   auto buffer = WaveBuffer::Create(opt, layout);
   ASSERT_TRUE(buffer.ok()) << buffer.status();
   WaveBuffer& wb = **buffer;
@@ -210,13 +215,17 @@ TEST_P(WaveBufferTest, StepsMatchCpuAndCountHits) {
   cudaStreamDestroy(stream);
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, WaveBufferTest,
-                         ::testing::Values(Case{DType::kFp16, 128, 0.2, false},
-                                           Case{DType::kBf16, 64, 0.2, false},
-                                           Case{DType::kBf16, 256, 0.2, false},
-                                           Case{DType::kFp32, 128, 0.2, false},
-                                           Case{DType::kFp16, 128, 0.02,
-                                                true}));
+INSTANTIATE_TEST_SUITE_P(
+    Cases, WaveBufferTest,
+    ::testing::Values(Case{DType::kFp16, 128, 0.2, false},
+                      Case{DType::kBf16, 64, 0.2, false},
+                      Case{DType::kBf16, 256, 0.2, false},
+                      Case{DType::kFp32, 128, 0.2, false},
+                      Case{DType::kFp16, 128, 0.02, true},
+                      // Rows split 1/1/2 over 3 and
+                      // 1/1/1/1 over 4 Update threads.
+                      Case{DType::kFp16, 128, 0.2, false, 3, 1},
+                      Case{DType::kBf16, 128, 0.02, true, 4, 1}));
 
 TEST(WaveBufferValidation, RejectsBadOptions) {
   WaveBufferOptions opt;
@@ -228,6 +237,14 @@ TEST(WaveBufferValidation, RejectsBadOptions) {
   opt.buffer_fraction = 0.05;
   opt.max_selected = 0;
   EXPECT_NE(opt.Validate().message().find("max_selected"),
+            std::string_view::npos);
+  opt.max_selected = 4;
+  opt.update_threads = kMaxAdmitSegments + 1;
+  EXPECT_NE(opt.Validate().message().find("update_threads"),
+            std::string_view::npos);
+  opt.update_threads = 2;
+  opt.update_ids_per_thread = 0;
+  EXPECT_NE(opt.Validate().message().find("update_ids_per_thread"),
             std::string_view::npos);
 }
 
