@@ -100,58 +100,49 @@ void WaveBufferLru::Step(absl::Span<const int32_t> selected, int num_selected,
 }
 
 WaveBufferWorkers::WaveBufferWorkers(int threads) {
+  threads = std::clamp(threads, 1, kMaxThreads);
   for (int i = 1; i < threads; ++i) {
     helpers_.emplace_back([this, i] { Helper(i); });
   }
 }
 
 WaveBufferWorkers::~WaveBufferWorkers() {
-  {
-    absl::MutexLock lock(&mu_);
-    stop_ = true;
-  }
+  const uint64_t gen = (word_.load(std::memory_order_relaxed) >> 8) + 1;
+  word_.store(gen << 8 | kStop, std::memory_order_release);
+  word_.notify_all();
   for (std::thread& t : helpers_) t.join();
 }
 
-bool WaveBufferWorkers::Ready(Wait* w) {
-  return w->self->stop_ || w->self->generation_ != w->seen;
-}
-
-bool WaveBufferWorkers::Done(WaveBufferWorkers* self) {
-  return self->pending_ == 0;
-}
-
 void WaveBufferWorkers::Helper(int index) {
-  Wait wait{this, 0};
+  uint64_t seen = 0;
   while (true) {
-    const absl::FunctionRef<void(int)>* fn;
-    {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(&Ready, &wait));
-      if (stop_) return;
-      wait.seen = generation_;
-      if (index >= tasks_) continue;
-      fn = fn_;
+    word_.wait(seen, std::memory_order_acquire);
+    seen = word_.load(std::memory_order_acquire);
+    const uint64_t tasks = seen & 0xff;
+    if (tasks == kStop) return;
+    if (static_cast<uint64_t>(index) >= tasks) continue;
+    (*fn_)(index);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      pending_.notify_one();
     }
-    (*fn)(index);
-    absl::MutexLock lock(&mu_);
-    --pending_;
   }
 }
 
 void WaveBufferWorkers::Run(int tasks, absl::FunctionRef<void(int)> fn) {
+  tasks = std::clamp(tasks, 1, threads());
   if (tasks > 1) {
-    absl::MutexLock lock(&mu_);
-    ++generation_;
-    tasks_ = tasks;
-    pending_ = tasks - 1;
     fn_ = &fn;
+    pending_.store(tasks - 1, std::memory_order_relaxed);
+    const uint64_t gen = (word_.load(std::memory_order_relaxed) >> 8) + 1;
+    word_.store(gen << 8 | static_cast<uint64_t>(tasks),
+                std::memory_order_release);
+    word_.notify_all();
   }
   fn(0);
   if (tasks > 1) {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(&Done, this));
-    fn_ = nullptr;
+    for (int p; (p = pending_.load(std::memory_order_acquire)) != 0;) {
+      pending_.wait(p, std::memory_order_acquire);
+    }
   }
 }
 

@@ -33,14 +33,13 @@
 #ifndef WAVEKV_INDEX_CUDA_WAVE_BUFFER_LRU_H_
 #define WAVEKV_INDEX_CUDA_WAVE_BUFFER_LRU_H_
 
+#include <atomic>
 #include <cstdint>
 #include <thread>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 
 namespace wavekv::cuda {
@@ -83,11 +82,14 @@ struct WaveBufferPlan {
 };
 
 // A fixed set of threads for the bookkeeping of one step at a time (rows
-// split over them), started once instead of per step. Thread-compatible:
-// one caller of Run at a time.
+// split over them), started once instead of per step; idle ones sleep on a
+// futex (std::atomic wait), and one notify wakes them all at once.
+// Thread-compatible: one caller of Run at a time.
 class WaveBufferWorkers {
  public:
-  // `threads` >= 1 runs in all, the caller of Run included.
+  static constexpr int kMaxThreads = 64;
+
+  // 1 <= `threads` <= kMaxThreads run in all, the caller of Run included.
   explicit WaveBufferWorkers(int threads);
   ~WaveBufferWorkers();  // joins the helper threads
   WaveBufferWorkers(const WaveBufferWorkers&) = delete;
@@ -100,21 +102,15 @@ class WaveBufferWorkers {
   void Run(int tasks, absl::FunctionRef<void(int)> fn);
 
  private:
-  struct Wait {
-    WaveBufferWorkers* self;
-    uint64_t seen;  // the last generation this helper saw
-  };
-  // absl::Condition predicates (mu_ held).
-  static bool Ready(Wait* w) ABSL_NO_THREAD_SAFETY_ANALYSIS;
-  static bool Done(WaveBufferWorkers* self) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  static constexpr uint64_t kStop = 0xff;  // in the tasks byte of word_
   void Helper(int index);
 
-  absl::Mutex mu_;
-  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
-  int tasks_ ABSL_GUARDED_BY(mu_) = 0;
-  int pending_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  const absl::FunctionRef<void(int)>* fn_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // (generation << 8) | tasks of the current Run (kStop: exit). Helpers with
+  // an index below tasks read fn_ after seeing a new generation (acquire);
+  // the others touch nothing else.
+  std::atomic<uint64_t> word_{0};
+  std::atomic<int> pending_{0};  // tasks of this Run not yet returned
+  const absl::FunctionRef<void(int)>* fn_ = nullptr;
   std::vector<std::thread> helpers_;
 };
 

@@ -543,7 +543,7 @@ void BM_Bookkeeping(benchmark::State& state) {
 
 BENCHMARK(BM_Bookkeeping)
     ->ArgNames({"rows", "walk_x1000", "impl", "threads"})
-    ->ArgsProduct({{8, 32}, {200, 50}, {kOld, kNew}, {1, 2}})
+    ->ArgsProduct({{8, 32}, {200, 50}, {kOld, kNew}, {1, 2, 4, 8}})
     ->Iterations(kLayers* kMeasured)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
