@@ -13,7 +13,7 @@
 //
 // Usage: index_build_bench [--contexts=32768,...] [--kv_heads=8]
 //        [--head_dim=128] [--reps=3] [--layers=32]
-//        [--scorer=auto|mma|wgmma|wgmma_wide|wgmma_pipe] [--update=fused|sort]
+//        [--scorer=auto|mma|wgmma|stationary] [--update=fused|sort]
 //        [--no_single]
 #include <cuda_runtime.h>
 
@@ -167,8 +167,7 @@ int main(int argc, char** argv) {
       const std::string x = v;
       scorer = x == "mma"          ? KMeansScorer::kMmaSync
                : x == "wgmma"      ? KMeansScorer::kWgmma
-               : x == "wgmma_wide" ? KMeansScorer::kWgmmaWide
-               : x == "wgmma_pipe" ? KMeansScorer::kWgmmaPipe
+               : x == "stationary" ? KMeansScorer::kWgmmaStationary
                                    : KMeansScorer::kAuto;
     } else if (const char* v = value("--update")) {
       fused_update = std::string(v) != "sort";
@@ -184,11 +183,10 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs; fp16 keys/values, %d kv heads, d=%d\n",
               prop.name, prop.multiProcessorCount, kv_heads, head_dim);
   std::printf("scorer: %s (wgmma available: %s), update: %s\n\n",
-              scorer == KMeansScorer::kMmaSync     ? "mma.sync"
-              : scorer == KMeansScorer::kWgmma     ? "wgmma"
-              : scorer == KMeansScorer::kWgmmaWide ? "wgmma_wide"
-              : scorer == KMeansScorer::kWgmmaPipe ? "wgmma_pipe"
-                                                   : "auto",
+              scorer == KMeansScorer::kMmaSync           ? "mma.sync"
+              : scorer == KMeansScorer::kWgmma           ? "wgmma"
+              : scorer == KMeansScorer::kWgmmaStationary ? "stationary"
+                                                         : "auto",
               KMeansWgmmaAvailable() ? "yes" : "no",
               fused_update ? "fused" : "global sort");
   std::printf("| what | context | plan | problems x clusters | build ms |");

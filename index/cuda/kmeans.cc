@@ -28,13 +28,13 @@ uint32_t TotalClusters(const GpuKMeansPlan& plan) {
 struct Layout {
   size_t problems, segments, seg_tiles, all_tiles, mean_partials, mean, xhat,
       cent, keys_in, keys_out, vals_in, offsets, flags, seg_flags, update_jobs,
-      assignment, slot_tokens, sizes, centroids, value_sums, cub_temp,
-      cub_bytes, total;
+      stat_jobs, assignment, slot_tokens, sizes, centroids, value_sums,
+      cub_temp, cub_bytes, total;
 };
 
 Layout MakeLayout(int num_problems, uint32_t n, uint32_t k, int d,
                   int num_segments, size_t seg_tiles, size_t all_tiles,
-                  size_t update_jobs, int end_bit) {
+                  size_t update_jobs, size_t stat_jobs, int end_bit) {
   const size_t p = num_problems;
   const size_t items = p * n, groups = p * k;
   const size_t chunks = (n + kMeanChunkRows - 1) / kMeanChunkRows;
@@ -60,6 +60,7 @@ Layout MakeLayout(int num_problems, uint32_t n, uint32_t k, int d,
   l.flags = take(2 * sizeof(int));
   l.seg_flags = take(3 * p * num_segments * sizeof(int));
   l.update_jobs = take(update_jobs * sizeof(AssignTile));
+  l.stat_jobs = take(stat_jobs * sizeof(AssignTile));
   l.assignment = take(items * sizeof(uint32_t));
   l.slot_tokens = take(items * sizeof(uint32_t));
   l.sizes = take(groups * sizeof(uint32_t));
@@ -71,7 +72,8 @@ Layout MakeLayout(int num_problems, uint32_t n, uint32_t k, int d,
   return l;
 }
 
-std::vector<AssignTile> SegmentTiles(const GpuKMeansPlan& plan, uint32_t rows) {
+std::vector<AssignTile> SegmentTiles(const GpuKMeansPlan& plan,
+                                     uint32_t rows = kAssignRows) {
   std::vector<AssignTile> tiles;
   uint32_t first = 0, seg = 0;
   for (const SegmentPlan& s : plan.segments) {
@@ -85,6 +87,12 @@ std::vector<AssignTile> SegmentTiles(const GpuKMeansPlan& plan, uint32_t rows) {
     ++seg;
   }
   return tiles;
+}
+
+// Centroid-stationary scoring jobs: chunks of kStationaryRows rows of a
+// segment, against the segment's clusters.
+std::vector<AssignTile> StationaryJobs(const GpuKMeansPlan& plan) {
+  return SegmentTiles(plan, kStationaryRows);
 }
 
 // Fused-update jobs: (segment, chunk of <= kFusedClusters clusters).
@@ -111,7 +119,8 @@ uint64_t MaxSegmentRows(const GpuKMeansPlan& plan) {
   return m;
 }
 
-std::vector<AssignTile> AllTiles(uint32_t n, uint32_t k, uint32_t rows) {
+std::vector<AssignTile> AllTiles(uint32_t n, uint32_t k,
+                                 uint32_t rows = kAssignRows) {
   std::vector<AssignTile> tiles;
   for (uint64_t r = 0; r < n; r += rows) {
     tiles.push_back({static_cast<uint32_t>(r),
@@ -166,8 +175,7 @@ absl::Status GpuSegmentedKMeans::Validate(
   if (plan.scorer != KMeansScorer::kAuto &&
       plan.scorer != KMeansScorer::kMmaSync &&
       plan.scorer != KMeansScorer::kWgmma &&
-      plan.scorer != KMeansScorer::kWgmmaWide &&
-      plan.scorer != KMeansScorer::kWgmmaPipe) {
+      plan.scorer != KMeansScorer::kWgmmaStationary) {
     return absl::InvalidArgumentError(
         absl::StrCat("scorer: unknown value ", static_cast<int>(plan.scorer)));
   }
@@ -227,35 +235,44 @@ absl::Status GpuSegmentedKMeans::Run(const GpuKMeansPlan& plan,
   const int d = plan.head_dim;
   const uint64_t groups = static_cast<uint64_t>(np) * k;
   const int end_bit = std::max(1, static_cast<int>(std::bit_width(groups - 1)));
-  bool wgmma = false, wide = false, pipe = false;
+  bool wgmma = false, stationary = false;
   if (plan.scorer == KMeansScorer::kWgmma ||
-      plan.scorer == KMeansScorer::kWgmmaWide ||
-      plan.scorer == KMeansScorer::kWgmmaPipe) {
+      plan.scorer == KMeansScorer::kWgmmaStationary) {
     if (!KMeansWgmmaAvailable()) {
       return absl::FailedPreconditionError(
           "scorer: wgmma needs an sm_90a build on a compute capability 9.0 "
           "GPU");
     }
     wgmma = true;
-    wide = plan.scorer != KMeansScorer::kWgmma;
-    pipe = plan.scorer == KMeansScorer::kWgmmaPipe && d <= 128;
+    stationary = plan.scorer == KMeansScorer::kWgmmaStationary;
   } else if (plan.scorer == KMeansScorer::kAuto) {
-    wgmma = wide = KMeansWgmmaAvailable();
+    wgmma = stationary = KMeansWgmmaAvailable();
   }
-  const uint32_t tile_rows = wide ? kWideAssignRows : kAssignRows;
-  const std::vector<AssignTile> seg_tiles = SegmentTiles(plan, tile_rows);
-  const std::vector<AssignTile> all_tiles = AllTiles(n, k, tile_rows);
+  const std::vector<AssignTile> seg_tiles = SegmentTiles(plan);
+  const std::vector<AssignTile> all_tiles = AllTiles(n, k);
   const bool fused =
       plan.fused_update && MaxSegmentRows(plan) <= kFusedMaxSegmentRows;
   const std::vector<AssignTile> jobs =
       fused ? UpdateJobs(plan) : std::vector<AssignTile>{};
+  int cent_tiles = 0;
+  if (stationary && fused) {
+    uint32_t max_k = 0;
+    for (const SegmentPlan& s : plan.segments) {
+      max_k = std::max(max_k, s.num_clusters);
+    }
+    cent_tiles = static_cast<int>((max_k + 127) / 128);
+    if (cent_tiles > KMeansStationaryMaxCentTiles(d)) cent_tiles = 0;
+  }
+  const std::vector<AssignTile> stat_jobs =
+      cent_tiles > 0 ? StationaryJobs(plan) : std::vector<AssignTile>{};
+
   if (seg_tiles.size() > std::numeric_limits<int32_t>::max() ||
       all_tiles.size() > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError("num_tokens: too many tiles");
   }
   const Layout l =
       MakeLayout(np, n, k, d, plan.segments.size(), seg_tiles.size(),
-                 all_tiles.size(), jobs.size(), end_bit);
+                 all_tiles.size(), jobs.size(), stat_jobs.size(), end_bit);
   if (l.cub_bytes == 0) {
     return absl::InternalError("kmeans: CUB sort size query failed");
   }
@@ -304,6 +321,10 @@ absl::Status GpuSegmentedKMeans::Run(const GpuKMeansPlan& plan,
   if (err == cudaSuccess && !jobs.empty()) {
     err = upload(l.update_jobs, jobs.data(), jobs.size() * sizeof(AssignTile));
   }
+  if (err == cudaSuccess && !stat_jobs.empty()) {
+    err = upload(l.stat_jobs, stat_jobs.data(),
+                 stat_jobs.size() * sizeof(AssignTile));
+  }
   if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
   if (err != cudaSuccess) return CudaError(err, "uploading the plan");
 
@@ -319,8 +340,10 @@ absl::Status GpuSegmentedKMeans::Run(const GpuKMeansPlan& plan,
   a.end_bit = end_bit;
   a.fused_update = fused;
   a.wgmma = wgmma;
-  a.wgmma_wide = wide;
-  a.wgmma_pipe = pipe;
+  a.stationary_cent_tiles = cent_tiles;
+  a.stationary_jobs = reinterpret_cast<const AssignTile*>(base + l.stat_jobs);
+  a.num_stationary_jobs = static_cast<int>(stat_jobs.size());
+
   a.update_jobs = reinterpret_cast<const AssignTile*>(base + l.update_jobs);
   a.num_update_jobs = static_cast<int>(jobs.size());
   a.max_segment_rows = static_cast<uint32_t>(MaxSegmentRows(plan));

@@ -49,28 +49,55 @@ __device__ __forceinline__ void LoadLane(const T* row, int lane,
   for (int e = 0; e < EPL; ++e) out[e] = ToFloat(row[lane * EPL + e]);
 }
 
-// LoadLane with one vector load per lane where the row allows it (the
+// One lane's EPL elements of a row as loaded (converted later, so that a
+// batch of row loads stays in flight: converting right after each load
+// would wait for it).
+template <int EPL, typename T>
+struct alignas(EPL * sizeof(T) < 16 ? EPL * sizeof(T) : 16) RawLane {
+  T v[EPL];
+};
+
+// Whether rows at `base` + i * `stride` elements allow RawLane vector loads.
+template <int EPL, typename T>
+__device__ __forceinline__ bool RawLaneAligned(const T* base, int64_t stride) {
+  constexpr uintptr_t kAlign = alignof(RawLane<EPL, T>);
+  return (reinterpret_cast<uintptr_t>(base) % kAlign) == 0 &&
+         (static_cast<uintptr_t>(stride) * sizeof(T)) % kAlign == 0;
+}
+
+template <bool kVec, int EPL, typename T>
+__device__ __forceinline__ void LoadRaw(const T* row, int lane,
+                                        RawLane<EPL, T>& r) {
+  if constexpr (kVec) {
+    r = *reinterpret_cast<const RawLane<EPL, T>*>(row + lane * EPL);
+  } else {
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) r.v[e] = row[lane * EPL + e];
+  }
+}
+
+// LoadLane with one vector load where the row is aligned for it (the
 // elements and their order are the same either way).
 template <int EPL, typename T>
 __device__ __forceinline__ void LoadLaneVec(const T* row, int lane,
                                             float (&out)[EPL]) {
-  constexpr int kBytes = EPL * static_cast<int>(sizeof(T));
-  if constexpr (kBytes == 4 || kBytes == 8 || kBytes == 16) {
-    using V =
-        std::conditional_t<kBytes == 16, uint4,
-                           std::conditional_t<kBytes == 8, uint2, uint32_t>>;
-    const T* p = row + lane * EPL;
-    // Warp-uniform: lane offsets are multiples of kBytes.
-    if ((reinterpret_cast<uintptr_t>(row) & (kBytes - 1)) == 0) {
-      const V v = *reinterpret_cast<const V*>(p);
-      T t[EPL];
-      memcpy(t, &v, kBytes);
-#pragma unroll
-      for (int e = 0; e < EPL; ++e) out[e] = ToFloat(t[e]);
-      return;
-    }
+  RawLane<EPL, T> r;
+  if (RawLaneAligned<EPL>(row, 0)) {
+    LoadRaw<true>(row, lane, r);
+  } else {
+    LoadRaw<false>(row, lane, r);
   }
-  LoadLane<EPL>(row, lane, out);
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) out[e] = ToFloat(r.v[e]);
+}
+
+// Member rows a warp keeps in flight for about `budget_bytes` of raw data
+// per lane.
+template <int EPL, typename T>
+constexpr int RowsInFlight(int budget_bytes) {
+  const int bytes = EPL * static_cast<int>(sizeof(T));
+  const int r = budget_bytes / bytes;
+  return r < 4 ? 4 : (r > 16 ? 16 : r);
 }
 
 // EPL fp16 bit patterns to an aligned (EPL * 2 bytes) destination.
@@ -509,8 +536,8 @@ __global__ void __launch_bounds__(256)
     FusedUpdateKernel(KMeansRawArgs a, int it) {
   static_assert(kFusedClusters == 32, "one cluster per lane in the scan");
   constexpr int EPL = D / 32;
-  constexpr int W = 8;                      // warps
-  constexpr int kRows = EPL <= 4 ? 16 : 8;  // member rows in flight per warp
+  constexpr int W = 8;                                 // warps
+  constexpr int kVecRows = RowsInFlight<EPL, T>(128);  // rows per warp
   constexpr uint32_t kNone = 0xffffu;
   extern __shared__ __align__(16) uint16_t fsm[];
   __shared__ uint32_t hist[W][kFusedClusters];
@@ -603,41 +630,51 @@ __global__ void __launch_bounds__(256)
   float m[EPL];
 #pragma unroll
   for (int j = 0; j < EPL; ++j) m[j] = a.mean[p * D + lane * EPL + j];
-  for (uint32_t j = warp; j < cnt; j += W) {
-    const uint32_t b = start[j], e = start[j + 1];
-    if (b == e) continue;
-    float s[EPL];
+  auto sums = [&](auto vec_tag) {
+    constexpr bool kVec = decltype(vec_tag)::value;
+    // Scalar loads (unaligned rows, not seen in practice): fewer rows.
+    constexpr int kRows = kVec ? kVecRows : 4;
+    for (uint32_t j = warp; j < cnt; j += W) {
+      const uint32_t b = start[j], e = start[j + 1];
+      if (b == e) continue;
+      float s[EPL];
 #pragma unroll
-    for (int q = 0; q < EPL; ++q) s[q] = 0.f;
-    for (uint32_t i = b; i < e; i += kRows) {  // warp-uniform
-      float x[kRows][EPL];
+      for (int q = 0; q < EPL; ++q) s[q] = 0.f;
+      for (uint32_t i = b; i < e; i += kRows) {  // warp-uniform
+        RawLane<EPL, T> r[kRows];
 #pragma unroll
-      for (int u = 0; u < kRows; ++u) {
-        if (i + u < e) {
-          LoadLaneVec<EPL>(
-              keys + static_cast<int64_t>(members[i + u]) * prob.row_stride,
-              lane, x[u]);
+        for (int u = 0; u < kRows; ++u) {
+          if (i + u < e) {
+            LoadRaw<kVec>(
+                keys + static_cast<int64_t>(members[i + u]) * prob.row_stride,
+                lane, r[u]);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kRows; ++u) {
+          if (i + u < e) {
+#pragma unroll
+            for (int q = 0; q < EPL; ++q) s[q] += ToFloat(r[u].v[q]) - m[q];
+          }
         }
       }
+      float ss = 0.f;
 #pragma unroll
-      for (int u = 0; u < kRows; ++u) {
-        if (i + u < e) {
+      for (int q = 0; q < EPL; ++q) ss += s[q] * s[q];
+      const float norm = sqrtf(WarpSum(ss));
+      if (!(norm > 0.f) || !isfinite(norm)) continue;  // warp-uniform
+      const float inv = 1.f / norm;
+      uint16_t* out = a.cent +
+                      (static_cast<int64_t>(p) * a.num_clusters + c0 + j) * D +
+                      lane * EPL;
 #pragma unroll
-          for (int q = 0; q < EPL; ++q) s[q] += x[u][q] - m[q];
-        }
-      }
+      for (int q = 0; q < EPL; ++q) out[q] = HalfBits(s[q] * inv);
     }
-    float ss = 0.f;
-#pragma unroll
-    for (int q = 0; q < EPL; ++q) ss += s[q] * s[q];
-    const float norm = sqrtf(WarpSum(ss));
-    if (!(norm > 0.f) || !isfinite(norm)) continue;  // warp-uniform
-    const float inv = 1.f / norm;
-    uint16_t* out = a.cent +
-                    (static_cast<int64_t>(p) * a.num_clusters + c0 + j) * D +
-                    lane * EPL;
-#pragma unroll
-    for (int q = 0; q < EPL; ++q) out[q] = HalfBits(s[q] * inv);
+  };
+  if (RawLaneAligned<EPL>(keys, prob.row_stride)) {
+    sums(std::true_type{});
+  } else {
+    sums(std::false_type{});
   }
 }
 
@@ -657,29 +694,41 @@ __global__ void StatsKernel(KMeansRawArgs a) {
 #pragma unroll
   for (int j = 0; j < EPL; ++j) ks[j] = vs[j] = 0.0;
   bool bad = false;
-  constexpr int kRows = EPL <= 4 ? 8 : 4;    // member rows in flight
-  for (uint32_t i = b; i < e; i += kRows) {  // warp-uniform
-    float x[kRows][EPL], v[kRows][EPL];
+  constexpr int kVecRows = RowsInFlight<EPL, T>(64);  // rows in flight
+  auto sums = [&](auto vec_tag) {
+    constexpr bool kVec = decltype(vec_tag)::value;
+    // Scalar loads (unaligned rows, not seen in practice): fewer rows.
+    constexpr int kRows = kVec ? kVecRows : 4;
+    for (uint32_t i = b; i < e; i += kRows) {  // warp-uniform
+      RawLane<EPL, T> x[kRows], v[kRows];
 #pragma unroll
-    for (int u = 0; u < kRows; ++u) {
-      if (i + u < e) {
-        const int64_t off =
-            static_cast<int64_t>(a.slot_tokens[i + u]) * prob.row_stride;
-        LoadLaneVec<EPL>(keys + off, lane, x[u]);
-        LoadLaneVec<EPL>(values + off, lane, v[u]);
+      for (int u = 0; u < kRows; ++u) {
+        if (i + u < e) {
+          const int64_t off =
+              static_cast<int64_t>(a.slot_tokens[i + u]) * prob.row_stride;
+          LoadRaw<kVec>(keys + off, lane, x[u]);
+          LoadRaw<kVec>(values + off, lane, v[u]);
+        }
       }
-    }
 #pragma unroll
-    for (int u = 0; u < kRows; ++u) {
-      if (i + u < e) {
+      for (int u = 0; u < kRows; ++u) {
+        if (i + u < e) {
 #pragma unroll
-        for (int j = 0; j < EPL; ++j) {
-          ks[j] += x[u][j];
-          vs[j] += v[u][j];
-          bad |= !isfinite(v[u][j]);
+          for (int j = 0; j < EPL; ++j) {
+            const float xv = ToFloat(x[u].v[j]), vv = ToFloat(v[u].v[j]);
+            ks[j] += xv;
+            vs[j] += vv;
+            bad |= !isfinite(vv);
+          }
         }
       }
     }
+  };
+  if (RawLaneAligned<EPL>(keys, prob.row_stride) &&
+      RawLaneAligned<EPL>(values, prob.row_stride)) {
+    sums(std::true_type{});
+  } else {
+    sums(std::false_type{});
   }
   const uint32_t size = e - b;
   const double inv = size > 0 ? 1.0 / size : 0.0;
@@ -730,69 +779,47 @@ int Pipeline(const KMeansRawArgs& a, cudaStream_t stream) {
   mark(kPhaseCentre);
 
   constexpr int kSmem = AssignCfg<D>::kSmemBytes;
-  constexpr int kWgSmem1 = kmeans_wgmma::Cfg<D, 1>::kSmemBytes;
-  constexpr int kWgSmem2 = kmeans_wgmma::Cfg<D, 2>::kSmemBytes;
-  int pipe_grid = 0;
-  if constexpr (D <= 128) {
-    if (a.wgmma && a.wgmma_pipe) {
-      constexpr int kPipeSmem = kmeans_wgmma::PipeCfg<D>::kSmemBytes;
-      int dev = 0, sms = 0, per_sm = 0;
-      if ((err =
-               cudaFuncSetAttribute(kmeans_wgmma::WgmmaPipeKernel<D>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    kPipeSmem)) != cudaSuccess ||
-          (err = cudaGetDevice(&dev)) != cudaSuccess ||
-          (err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
-                                        dev)) != cudaSuccess ||
-          (err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-               &per_sm, kmeans_wgmma::WgmmaPipeKernel<D>, 256, kPipeSmem)) !=
-              cudaSuccess) {
-        return err;
-      }
-      pipe_grid = std::max(1, sms * std::max(1, per_sm));
-    }
-  }
-  if (pipe_grid > 0) {
-    err = cudaSuccess;
-  } else if (a.wgmma && a.wgmma_wide) {
-    err = cudaFuncSetAttribute(kmeans_wgmma::WgmmaAssignKernel<D, 2>,
-                               cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               kWgSmem2);
-  } else if (a.wgmma) {
+  constexpr int kWgSmem = kmeans_wgmma::Cfg<D, 1>::kSmemBytes;
+  if (a.wgmma) {
     err = cudaFuncSetAttribute(kmeans_wgmma::WgmmaAssignKernel<D, 1>,
                                cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               kWgSmem1);
+                               kWgSmem);
   } else {
     err = cudaFuncSetAttribute(
         AssignKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   }
   if (err != cudaSuccess) return err;
+  const int stat_smem =
+      kmeans_wgmma::StatCfg<D>::SmemBytes(a.stationary_cent_tiles);
+  if (a.stationary_cent_tiles > 0) {
+    if ((err = cudaFuncSetAttribute(kmeans_wgmma::WgmmaStationaryKernel<D>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    stat_smem)) != cudaSuccess) {
+      return err;
+    }
+  }
   auto assign = [&](const AssignTile* tiles, int num_tiles, uint32_t* keys,
                     EarlyStop stop) {
     const dim3 grid(num_tiles, a.num_problems);
-    if constexpr (D <= 128) {
-      if (pipe_grid > 0) {
-        const int64_t jobs = static_cast<int64_t>(num_tiles) * a.num_problems;
-        kmeans_wgmma::WgmmaPipeKernel<D>
-            <<<static_cast<unsigned>(std::min<int64_t>(jobs, pipe_grid)), 256,
-               kmeans_wgmma::PipeCfg<D>::kSmemBytes, stream>>>(
-                tiles, num_tiles, a.num_problems, a.xhat, a.cent, a.num_tokens,
-                a.num_clusters, a.assignment, keys, stop);
-        return;
-      }
-    }
-    if (a.wgmma && a.wgmma_wide) {
-      kmeans_wgmma::WgmmaAssignKernel<D, 2><<<grid, 256, kWgSmem2, stream>>>(
-          tiles, a.xhat, a.cent, a.num_tokens, a.num_clusters, a.assignment,
-          keys, stop);
-    } else if (a.wgmma) {
-      kmeans_wgmma::WgmmaAssignKernel<D, 1><<<grid, 256, kWgSmem1, stream>>>(
+    if (a.wgmma) {
+      kmeans_wgmma::WgmmaAssignKernel<D, 1><<<grid, 256, kWgSmem, stream>>>(
           tiles, a.xhat, a.cent, a.num_tokens, a.num_clusters, a.assignment,
           keys, stop);
     } else {
       AssignKernel<D><<<grid, 256, kSmem, stream>>>(
           tiles, a.xhat, a.cent, a.num_tokens, a.num_clusters, a.assignment,
           keys, stop);
+    }
+  };
+  // In-segment scoring of the fused path (no sort keys needed).
+  auto assign_in_segment = [&](EarlyStop stop) {
+    if (a.stationary_cent_tiles > 0) {
+      kmeans_wgmma::WgmmaStationaryKernel<D>
+          <<<dim3(a.num_stationary_jobs, a.num_problems), 256, stat_smem,
+             stream>>>(a.stationary_jobs, a.xhat, a.cent, a.num_tokens,
+                       a.num_clusters, a.assignment, stop);
+    } else {
+      assign(a.seg_tiles, a.num_seg_tiles, nullptr, stop);
     }
   };
   const int64_t pss = static_cast<int64_t>(a.num_problems) * a.num_segments;
@@ -815,7 +842,7 @@ int Pipeline(const KMeansRawArgs& a, cudaStream_t stream) {
       stop.converged = a.seg_flags + 2 * pss;
       stop.changed = it > 0 ? a.seg_flags + (it & 1) * pss : nullptr;
       stop.num_segments = a.num_segments;
-      assign(a.seg_tiles, a.num_seg_tiles, nullptr, stop);
+      assign_in_segment(stop);
       WAVEKV_CHECK_LAUNCH();
       mark(kPhaseAssign);
       FusedUpdateKernel<T, D><<<dim3(a.num_update_jobs, a.num_problems), 256,

@@ -58,8 +58,8 @@ struct GpuKMeansPlan {
   // kernel per iteration, with the early stop (segments of at most
   // kFusedMaxSegmentRows tokens; longer ones use the global sort).
   bool fused_update = true;
-  // kAuto: wide wgmma where KMeansWgmmaAvailable(), else mma.sync. A wgmma
-  // scorer where it is not available is FailedPrecondition.
+  // kAuto: kWgmmaStationary where KMeansWgmmaAvailable(), else mma.sync. A
+  // wgmma scorer where it is not available is FailedPrecondition.
   KMeansScorer scorer = KMeansScorer::kAuto;
 };
 
@@ -117,8 +117,9 @@ class GpuSegmentedKMeans {
   size_t workspace_bytes() const { return capacity_; }
   // Scorer and update of the last successful Run.
   bool used_wgmma() const { return args_.wgmma; }
-  bool used_wide_tiles() const { return args_.wgmma_wide; }
-  bool used_pipelined_scorer() const { return args_.wgmma_pipe; }
+  bool used_stationary_scorer() const {
+    return args_.stationary_cent_tiles > 0;
+  }
   bool used_fused_update() const { return args_.fused_update; }
 
  private:

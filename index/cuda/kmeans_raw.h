@@ -26,8 +26,7 @@ struct KMeansSegment {
   uint32_t first_cluster = 0, num_clusters = 0;
 };
 
-// Rows [row_begin, row_end) (at most kAssignRows, or kWideAssignRows for
-// the wide wgmma scorer) scored against centroids
+// Rows [row_begin, row_end) (at most kAssignRows) scored against centroids
 // [cent_begin, cent_end) of the same problem; `segment` is the plan segment
 // of an in-segment tile. The fused update uses the same record for one
 // (segment, chunk of at most kFusedClusters clusters) job: rows = the
@@ -45,19 +44,24 @@ constexpr int kMeanChunkRows = 512;
 constexpr int kFusedClusters = 32;
 constexpr uint32_t kFusedMaxSegmentRows = 32768;
 
-// Scoring kernels: mma.sync (sm_80 and up, 128-key tiles) or wgmma (sm_90a
-// builds on a compute capability 9.0 GPU, see KMeansWgmmaAvailable) with
-// 128-key (kWgmma) or 256-key (kWgmmaWide) tiles, or 256-key tiles in a
-// persistent pipelined kernel (kWgmmaPipe; head_dim 256 takes kWgmmaWide).
-// All give the same bits.
+// Scoring kernels: mma.sync (sm_80 and up) or wgmma (sm_90a builds on a
+// compute capability 9.0 GPU, see KMeansWgmmaAvailable), 128-key tiles.
+// kWgmmaStationary scores the in-segment iterations with the segment's
+// centroids resident in shared memory (where they fit, with the fused
+// update) and the final pass as kWgmma. All give the same bits.
 enum class KMeansScorer : int {
-  kAuto = 0,
+  kAuto = 0,  // kWgmmaStationary where wgmma runs, else kMmaSync
   kMmaSync = 1,
   kWgmma = 2,
-  kWgmmaWide = 3,
-  kWgmmaPipe = 4,
+  kWgmmaStationary = 3,
 };
-constexpr int kWideAssignRows = 256;
+// Centroid-stationary scorer: rows per block (a chunk of one segment), and
+// how many 128-centroid tiles of head_dim d fit in shared memory beside
+// two 128-row key stages (sm_90: 227 KiB per block).
+constexpr uint32_t kStationaryRows = 2048;
+constexpr int KMeansStationaryMaxCentTiles(int d) {
+  return (232448 - 1024 - 2 * 128 * d * 2) / (128 * d * 2);
+}
 
 // Phases reported to KMeansRawArgs::mark after their kernels are enqueued.
 enum KMeansPhase : int {
@@ -84,9 +88,10 @@ struct KMeansRawArgs {
   // the early stop (segments <= kFusedMaxSegmentRows); false = global radix
   // sort + one warp per cluster, every iteration. Same results either way.
   bool fused_update = true;
-  bool wgmma = false;       // score with WgmmaAssignKernel (caller checked it)
-  bool wgmma_wide = false;  // ... with kWideAssignRows-row tiles
-  bool wgmma_pipe = false;  // ... persistent pipelined (head_dim <= 128)
+  bool wgmma = false;  // score with WgmmaAssignKernel (caller checked it)
+  // > 0: in-segment scoring with WgmmaStationaryKernel, shared memory for
+  // this many 128-centroid tiles (the largest segment's).
+  int stationary_cent_tiles = 0;
 
   // Device arrays.
   const KMeansProblem* problems = nullptr;  // [num_problems]
@@ -95,7 +100,9 @@ struct KMeansRawArgs {
   int num_seg_tiles = 0;
   const AssignTile* all_tiles = nullptr;  // final scoring tiles
   int num_all_tiles = 0;
-  const AssignTile* update_jobs = nullptr;  // fused update jobs
+  const AssignTile* update_jobs = nullptr;      // fused update jobs
+  const AssignTile* stationary_jobs = nullptr;  // (segment rows chunk)
+  int num_stationary_jobs = 0;
   int num_update_jobs = 0;
   uint32_t max_segment_rows = 0;
 

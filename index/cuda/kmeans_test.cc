@@ -152,7 +152,7 @@ class GpuKMeansTest : public ::testing::TestWithParam<Case> {};
 struct Batch {
   std::vector<std::vector<float>> keys, values;  // decoded (what GPU reads)
   std::vector<GpuKMeansResult> results;
-  bool used_wgmma = false, used_fused_update = false;
+  bool used_wgmma = false, used_fused_update = false, used_stationary = false;
 };
 
 // Implementation choices of one run (GpuKMeansPlan's defaults unless set).
@@ -200,6 +200,7 @@ Batch RunBatch(DType dtype, size_t d, size_t n,
   if (r.ok()) b.results = std::move(*r);
   b.used_wgmma = km.used_wgmma();
   b.used_fused_update = km.used_fused_update();
+  b.used_stationary = km.used_stationary_scorer();
   return b;
 }
 
@@ -313,8 +314,8 @@ TEST_P(GpuKMeansTest, FusedUpdateGivesTheSameBitsAsGlobalSort) {
   }
 }
 
-// wgmma scorers (where the device runs them; 128- and 256-key tiles, and
-// the persistent pipelined kernel) against mma.sync: all accumulate fp16
+// wgmma scorers (where the device runs them; 128-key tiles, and the
+// centroid-stationary in-segment kernel) against mma.sync: all accumulate fp16
 // products in fp32. Separated data: identical bits, equal to the CPU. Random
 // data: at least 99% of the assignments equal (near-ties could in principle
 // round differently).
@@ -339,11 +340,10 @@ TEST_P(GpuKMeansTest, WgmmaScorerAgreesWithMmaSync) {
   const Batch rb = RunBatch(c.dtype, d, n, segs, rkeys, rvalues, mma);
   EXPECT_FALSE(b.used_wgmma);
   ASSERT_EQ(rb.results.size(), p);
-  for (KMeansScorer scorer : {KMeansScorer::kWgmma, KMeansScorer::kWgmmaWide,
-                              KMeansScorer::kWgmmaPipe}) {
-    const char* name = scorer == KMeansScorer::kWgmma       ? "narrow"
-                       : scorer == KMeansScorer::kWgmmaWide ? "wide"
-                                                            : "pipelined";
+  for (KMeansScorer scorer :
+       {KMeansScorer::kWgmma, KMeansScorer::kWgmmaStationary}) {
+    const char* name =
+        scorer == KMeansScorer::kWgmma ? "wgmma" : "wgmma stationary";
     SCOPED_TRACE(name);
     Paths wg;
     wg.scorer = scorer;
@@ -431,13 +431,11 @@ TEST(GpuKMeansEmptyClusters, ConstantSegmentLeavesEmptyClusters) {
   }
 }
 
-// The persistent pipelined wgmma scorer with more jobs than blocks: each
-// block walks several (problem, row tile) jobs, with multi-step jobs
-// (default segments: 512 clusters = 4 centroid tiles) and single-step jobs
-// (64-cluster segments, where the next job's keys load into the A stage
-// the previous job just used). Same bits as mma.sync on separated data,
-// >= 99% equal assignments on random data.
-TEST(GpuKMeansPipelined, ManyJobsPerBlockMatchMmaSync) {
+// The centroid-stationary in-segment scorer: blocks of 2048 rows (several
+// 128-key tiles through the two key stages, a partial last one) against an
+// even (4), odd (3) or single centroid tile count. Same bits as mma.sync on
+// separated data, >= 99% equal assignments on random data.
+TEST(GpuKMeansStationary, MatchesMmaSync) {
   SKIP_WITHOUT_GPU();
   if (!KMeansWgmmaAvailable()) {
     GTEST_SKIP() << "wgmma scorer not available (needs sm_90a on CC 9.0)";
@@ -446,7 +444,8 @@ TEST(GpuKMeansPipelined, ManyJobsPerBlockMatchMmaSync) {
     size_t n, p;
     uint32_t segment_tokens;
   };
-  for (const Shape& sh : {Shape{16384, 8, 8192}, Shape{4096, 48, 1024}}) {
+  for (const Shape& sh :
+       {Shape{16384, 8, 8192}, Shape{6000, 4, 6000}, Shape{4096, 16, 1024}}) {
     SCOPED_TRACE("n=" + std::to_string(sh.n) + " p=" + std::to_string(sh.p));
     const size_t d = 128;
     const std::vector<SegmentPlan> segs =
@@ -459,11 +458,12 @@ TEST(GpuKMeansPipelined, ManyJobsPerBlockMatchMmaSync) {
                            : testing::RandomRows(sh.n, d, 1000 + i, 2.0f));
         values.push_back(testing::RandomRows(sh.n, d, 2000 + i, 0.5f));
       }
-      Paths pipe, mma;
-      pipe.scorer = KMeansScorer::kWgmmaPipe;
+      Paths stat, mma;
+      stat.scorer = KMeansScorer::kWgmmaStationary;
       mma.scorer = KMeansScorer::kMmaSync;
-      const Batch a = RunBatch(DType::kFp16, d, sh.n, segs, keys, values, pipe);
+      const Batch a = RunBatch(DType::kFp16, d, sh.n, segs, keys, values, stat);
       const Batch b = RunBatch(DType::kFp16, d, sh.n, segs, keys, values, mma);
+      EXPECT_TRUE(a.used_stationary);
       ASSERT_EQ(a.results.size(), sh.p);
       ASSERT_EQ(b.results.size(), sh.p);
       if (separated) {
@@ -476,12 +476,12 @@ TEST(GpuKMeansPipelined, ManyJobsPerBlockMatchMmaSync) {
       size_t same = 0;
       for (size_t i = 0; i < sh.p; ++i) {
         CheckInvariants(a.results[i], a.keys[i], a.values[i], sh.n, d,
-                        "pipelined");
+                        "stationary");
         for (size_t t = 0; t < sh.n; ++t) {
           same += a.results[i].assignment[t] == b.results[i].assignment[t];
         }
       }
-      std::printf("[pipelined] n=%zu p=%zu: %zu of %zu assignments equal\n",
+      std::printf("[stationary] n=%zu p=%zu: %zu of %zu assignments equal\n",
                   sh.n, sh.p, same, sh.n * sh.p);
       EXPECT_GE(same, sh.n * sh.p * 99 / 100);
     }

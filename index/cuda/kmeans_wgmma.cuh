@@ -9,8 +9,8 @@
 // Block = 2 warpgroups over a tile of 128 * MT rows; warpgroup g scores rows
 // [64 MT g, 64 MT (g + 1)) (MT m64 slices) against BN centroids per stage
 // (cp.async, double buffered), each warp owning 16 full rows of a slice, so
-// the argmax needs no cross-warp step. MT = 2 halves the centroid traffic
-// from L2 per scored key (centroids are re-read once per row tile).
+// the argmax needs no cross-warp step (MT = 1 is what the launcher uses:
+// 256-row tiles with one block per SM measured slower on H100).
 // Compiled to a real kernel only in the sm_90a pass
 // (__CUDA_ARCH_FEAT_SM90_ALL); elsewhere it traps, and the host launches it
 // only after KMeansWgmmaAvailable() said the device runs sm_90a code.
@@ -307,24 +307,26 @@ __global__ void __launch_bounds__(256)
 #endif
 }
 
-// Persistent, pipelined variant for D <= 128 (PipeKernel): one block per SM
-// walks jobs (problem, 256-key row tile) q = blockIdx.x, + gridDim.x, ...
-// (problem-major, so concurrent blocks share one problem's centroids in
-// L2), skipping converged segments. A step is one BN-centroid tile of a
-// job; steps run through 3 B stages and 2 A stages (the next job's keys
-// load during the current job's last step). Each warpgroup splits its 128
-// rows into two m64 slices and overlaps the argmax epilogue of one slice
-// with the tensor work of the other:
-//   step s: issue slice0(s); finish slice1(s-1); issue slice1(s); finish
-//   slice0(s).
+// Centroid-stationary variant for the in-segment iterations: a block
+// loads its segment's centroids (at most StatCfg<D>::kMaxCentTiles tiles
+// of 128) into shared memory once and streams its rows in 128-key tiles
+// through two A stages (the next tile loads while this one is scored), so
+// L2 traffic per key is one 256-byte row instead of every centroid. Each
+// warpgroup scores 64 rows against the centroid tiles with two accumulator
+// sets: the MMAs of tile t + 1 run while the argmax of tile t is taken.
+// Job = (segment rows chunk, the segment's clusters), problem blockIdx.y.
 template <int D>
-struct PipeCfg {
-  static_assert(D <= 128, "two 256-row A stages must fit shared memory");
-  static constexpr int BM = 256;
+struct StatCfg {
+  static constexpr int BM = 128;
   static constexpr int BN = 128;
   static constexpr int kABytes = BM * D * 2;
   static constexpr int kBBytes = BN * D * 2;
-  static constexpr int kSmemBytes = 2 * kABytes + 3 * kBBytes + 1024;
+  static constexpr int kMaxSmem = 232448;  // sm_90 opt-in per block
+  static constexpr int kMaxCentTiles =
+      (kMaxSmem - 1024 - 2 * kABytes) / kBBytes;
+  static constexpr int SmemBytes(int cent_tiles) {
+    return 2 * kABytes + cent_tiles * kBBytes + 1024;
+  }
 };
 
 #ifdef WAVEKV_KMEANS_WGMMA
@@ -342,187 +344,142 @@ __device__ __forceinline__ void WgmmaCommit() {
 
 template <int D>
 __global__ void __launch_bounds__(256, 1)
-    WgmmaPipeKernel(const AssignTile* tiles, int num_tiles, int num_problems,
-                    const uint16_t* xhat, const uint16_t* cent, uint32_t n,
-                    uint32_t k, uint32_t* assignment, uint32_t* sort_keys,
-                    EarlyStop stop) {
+    WgmmaStationaryKernel(const AssignTile* jobs, const uint16_t* xhat,
+                          const uint16_t* cent, uint32_t n, uint32_t k,
+                          uint32_t* assignment, EarlyStop stop) {
 #ifdef WAVEKV_KMEANS_WGMMA
-  using C = PipeCfg<D>;
-  constexpr int BN = C::BN;
-  extern __shared__ __align__(1024) uint8_t pipe_smem_raw[];
+  using C = StatCfg<D>;
+  extern __shared__ __align__(1024) uint8_t stat_smem_raw[];
   const uint32_t raw =
-      static_cast<uint32_t>(__cvta_generic_to_shared(pipe_smem_raw));
+      static_cast<uint32_t>(__cvta_generic_to_shared(stat_smem_raw));
   const uint32_t base = (raw + 1023) & ~1023u;
   const uint32_t a_base = base;
   const uint32_t b_base = base + 2 * C::kABytes;
-  const int total = num_tiles * num_problems;
-  const int G = static_cast<int>(gridDim.x);
-  auto skip = [&](int q) {
-    if (stop.converged == nullptr) return q;
-    while (q < total &&
-           stop.converged[(q / num_tiles) * stop.num_segments +
-                          static_cast<int>(tiles[q % num_tiles].segment)] !=
-               0) {
-      q += G;
-    }
-    return q;
-  };
-  auto issue = [&](int q, uint32_t n0, int b_stage, int a_stage, bool with_a) {
-    const int p = q / num_tiles;
-    const AssignTile t = tiles[q % num_tiles];
-    if (with_a) {
-      LoadTile<C::BM, D>(a_base + a_stage * C::kABytes,
-                         xhat + (static_cast<int64_t>(p) * n + t.row_begin) * D,
-                         t.row_end - t.row_begin);
-    }
-    LoadTile<BN, D>(b_base + b_stage * C::kBBytes,
-                    cent + (static_cast<int64_t>(p) * k + n0) * D,
-                    t.cent_end - n0);
-    asm volatile("cp.async.commit_group;\n" ::);
-  };
+  const AssignTile job = jobs[blockIdx.x];
+  const int p = blockIdx.y;
+  const int ps = p * stop.num_segments + static_cast<int>(job.segment);
+  if (stop.converged != nullptr && stop.converged[ps] != 0) return;
+  const uint16_t* x = xhat + static_cast<int64_t>(p) * n * D;
+  const uint16_t* cp = cent + static_cast<int64_t>(p) * k * D;
+  const uint32_t rows = job.row_end - job.row_begin;
+  const int nrt = static_cast<int>((rows + C::BM - 1) / C::BM);
+  const uint32_t ncent = job.cent_end - job.cent_begin;
+  const int nb = static_cast<int>((ncent + C::BN - 1) / C::BN);
+
+  for (int t = 0; t < nb; ++t) {
+    LoadTile<C::BN, D>(
+        b_base + t * C::kBBytes,
+        cp + static_cast<int64_t>(job.cent_begin + t * C::BN) * D,
+        ncent - t * C::BN);
+  }
+  LoadTile<C::BM, D>(a_base, x + static_cast<int64_t>(job.row_begin) * D, rows);
+  asm volatile("cp.async.commit_group;\n" ::);
+  if (nrt > 1) {
+    LoadTile<C::BM, D>(a_base + C::kABytes,
+                       x + static_cast<int64_t>(job.row_begin + C::BM) * D,
+                       rows - C::BM);
+  }
+  asm volatile("cp.async.commit_group;\n" ::);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int wg = warp / 4;
-  // Row of this thread in slice m, half h: r0 + 64 m + 8 h.
-  const int r0 = wg * 128 + (warp % 4) * 16 + lane / 4;
-  float best[2][2];
-  uint32_t bidx[2][2];
-  float acc[2][64];
+  const int r0 = wg * 64 + (warp % 4) * 16 + lane / 4;  // + 8 h
+  float acc0[64], acc1[64];
 #pragma unroll
-  for (int m = 0; m < 2; ++m) {
-    best[m][0] = best[m][1] = -FLT_MAX;
-    bidx[m][0] = bidx[m][1] = 0xffffffffu;
+  for (int i = 0; i < 64; ++i) acc0[i] = acc1[i] = 0.f;
+  float best[2];
+  uint32_t bidx[2];
+  auto mma = [&](float(&acc)[64], uint32_t a_addr, int t) {
+    WgmmaFence();
 #pragma unroll
-    for (int i = 0; i < 64; ++i) acc[m][i] = 0.f;
-  }
-  // Argmax of slice m over the step's centroid tile (columns in increasing
-  // order; strict '>' keeps the lowest id).
-  auto epilogue = [&](auto mc, int q, uint32_t n0) {
-    constexpr int m = decltype(mc)::value;
-    const uint32_t valid = tiles[q % num_tiles].cent_end - n0;
+    for (int ks = 0; ks < D / 16; ++ks) {
+      const uint32_t koff = (ks % 4) * 32;
+      const uint64_t da =
+          Desc(a_addr + (ks / 4) * (C::BM * 128) + wg * 64 * 128 + koff);
+      const uint64_t db =
+          Desc(b_base + t * C::kBBytes + (ks / 4) * (C::BN * 128) + koff);
+      WgmmaM64N128(acc, da, db, ks > 0 ? 1 : 0);
+    }
+    WgmmaCommit();
+  };
+  // Columns in increasing order; strict '>' keeps the lowest id.
+  auto argmax = [&](const float(&acc)[64], int t) {
+    const uint32_t n0 = job.cent_begin + t * C::BN;
+    const uint32_t valid = ncent - t * C::BN;
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
+    for (int j = 0; j < C::BN / 8; ++j) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const uint32_t col = 8 * j + 2 * (lane % 4) + e;
-          const float v = acc[m][4 * j + 2 * h + e];
-          if ((valid >= static_cast<uint32_t>(BN) || col < valid) &&
-              v > best[m][h]) {
-            best[m][h] = v;
-            bidx[m][h] = n0 + col;
+          const float v = acc[4 * j + 2 * h + e];
+          if ((valid >= static_cast<uint32_t>(C::BN) || col < valid) &&
+              v > best[h]) {
+            best[h] = v;
+            bidx[h] = n0 + col;
           }
         }
       }
     }
   };
-  // Slice m of job q is complete: reduce over the quad, write, reset.
-  auto finish = [&](auto mc, int q) {
-    constexpr int m = decltype(mc)::value;
-    const int p = q / num_tiles;
-    const AssignTile t = tiles[q % num_tiles];
+
+  for (int r = 0; r < nrt; ++r) {
+    asm volatile("cp.async.wait_group 1;\n" ::);
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    const uint32_t a_addr = a_base + (r & 1) * C::kABytes;
+    best[0] = best[1] = -FLT_MAX;
+    bidx[0] = bidx[1] = 0xffffffffu;
+    mma(acc0, a_addr, 0);
+    for (int t = 0; t < nb; t += 2) {  // block-uniform
+      if (t + 1 < nb) {
+        mma(acc1, a_addr, t + 1);
+        WgmmaWait<1>();
+      } else {
+        WgmmaWait<0>();
+      }
+      argmax(acc0, t);
+      if (t + 1 >= nb) break;
+      if (t + 2 < nb) {
+        mma(acc0, a_addr, t + 2);
+        WgmmaWait<1>();
+      } else {
+        WgmmaWait<0>();
+      }
+      argmax(acc1, t + 1);
+    }
     bool diff = false;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
 #pragma unroll
       for (int off = 1; off < 4; off <<= 1) {
-        const float ov = __shfl_xor_sync(~0u, best[m][h], off);
-        const uint32_t oi = __shfl_xor_sync(~0u, bidx[m][h], off);
-        if (ov > best[m][h] || (ov == best[m][h] && oi < bidx[m][h])) {
-          best[m][h] = ov;
-          bidx[m][h] = oi;
+        const float ov = __shfl_xor_sync(~0u, best[h], off);
+        const uint32_t oi = __shfl_xor_sync(~0u, bidx[h], off);
+        if (ov > best[h] || (ov == best[h] && oi < bidx[h])) {
+          best[h] = ov;
+          bidx[h] = oi;
         }
       }
-      const uint32_t row = t.row_begin + r0 + 64 * m + 8 * h;
-      if (lane % 4 == 0 && row < t.row_end) {
-        uint32_t c = bidx[m][h];
-        if (c == 0xffffffffu) c = t.cent_begin;  // all scores NaN
+      const uint32_t row = job.row_begin + r * C::BM + r0 + 8 * h;
+      if (lane % 4 == 0 && row < job.row_end) {
+        uint32_t c = bidx[h];
+        if (c == 0xffffffffu) c = job.cent_begin;  // all scores NaN
         const int64_t at = static_cast<int64_t>(p) * n + row;
         if (stop.changed != nullptr) diff |= assignment[at] != c;
         assignment[at] = c;
-        if (sort_keys != nullptr) {
-          sort_keys[at] = static_cast<uint32_t>(p) * k + c;
-        }
       }
-      best[m][h] = -FLT_MAX;
-      bidx[m][h] = 0xffffffffu;
     }
-    if (diff) {
-      stop.changed[p * stop.num_segments + static_cast<int>(t.segment)] = 1;
+    if (diff) stop.changed[ps] = 1;
+    __syncthreads();  // every warpgroup is done with A stage r & 1
+    if (r + 2 < nrt) {
+      LoadTile<C::BM, D>(
+          a_base + (r & 1) * C::kABytes,
+          x + static_cast<int64_t>(job.row_begin + (r + 2) * C::BM) * D,
+          rows - (r + 2) * C::BM);
     }
-  };
-  auto mma = [&](auto mc, uint32_t a_stage_addr, uint32_t b_stage_addr) {
-    constexpr int m = decltype(mc)::value;
-    WgmmaFence();
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      const uint32_t koff = (ks % 4) * 32;
-      const uint64_t da = Desc(a_stage_addr + (ks / 4) * (C::BM * 128) +
-                               (wg * 128 + 64 * m) * 128 + koff);
-      const uint64_t db = Desc(b_stage_addr + (ks / 4) * (BN * 128) + koff);
-      WgmmaM64N128(acc[m], da, db, ks > 0 ? 1 : 0);
-    }
-    WgmmaCommit();
-  };
-  using M0 = std::integral_constant<int, 0>;
-  using M1 = std::integral_constant<int, 1>;
-
-  int cq = skip(static_cast<int>(blockIdx.x));
-  if (cq >= total) return;
-  uint32_t cn0 = tiles[cq % num_tiles].cent_begin;
-  int ca = 0;  // A stage of the current job
-  issue(cq, cn0, 0, ca, true);
-  bool have_prev = false, prev_last = false;
-  int pq = 0;
-  uint32_t pn0 = 0;
-  for (int s = 0;; ++s) {
-    // The step after this one.
-    int nq = cq;
-    uint32_t nn0 = cn0 + BN;
-    if (nn0 >= tiles[cq % num_tiles].cent_end) {
-      nq = skip(cq + G);
-      nn0 = nq < total ? tiles[nq % num_tiles].cent_begin : 0;
-    }
-    const bool c_last = nq != cq;
-    const int na = c_last ? ca ^ 1 : ca;
-    asm volatile("cp.async.wait_group 0;\n" ::);
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
-    // B stage (s + 1) % 3 was read by step s - 2: done in every warpgroup.
-    // A stage na was read by the previous job; if that job ended at step
-    // s - 1, its slice 1 may still run: drain it first (block-uniform).
-    if (nq < total) {
-      if (c_last && have_prev && prev_last) {
-        WgmmaWait<0>();
-        __syncthreads();
-      }
-      issue(nq, nn0, (s + 1) % 3, na, c_last);
-    }
-    const uint32_t a_addr = a_base + ca * C::kABytes;
-    const uint32_t b_addr = b_base + (s % 3) * C::kBBytes;
-    mma(M0{}, a_addr, b_addr);
-    if (have_prev) {
-      WgmmaWait<1>();  // slice 1 of the previous step
-      epilogue(M1{}, pq, pn0);
-      if (prev_last) finish(M1{}, pq);
-    }
-    mma(M1{}, a_addr, b_addr);
-    WgmmaWait<1>();  // slice 0 of this step
-    epilogue(M0{}, cq, cn0);
-    if (c_last) finish(M0{}, cq);
-    have_prev = true;
-    prev_last = c_last;
-    pq = cq;
-    pn0 = cn0;
-    if (nq >= total) break;
-    cq = nq;
-    cn0 = nn0;
-    ca = na;
+    asm volatile("cp.async.commit_group;\n" ::);
   }
-  WgmmaWait<0>();
-  epilogue(M1{}, pq, pn0);
-  finish(M1{}, pq);
 #else
   __trap();
 #endif
