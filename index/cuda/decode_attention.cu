@@ -96,8 +96,7 @@ __global__ void __launch_bounds__(kThreads)
         const float p = __expf(s - m_new);
         l[h] = l[h] * corr + p;
 #pragma unroll
-        for (int i = 0; i < 8; ++i)
-          acc[h][i] = acc[h][i] * corr + p * v[u][i];
+        for (int i = 0; i < 8; ++i) acc[h][i] = acc[h][i] * corr + p * v[u][i];
         m[h] = m_new;
       }
     }
@@ -117,8 +116,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < 8; ++i) s_acc[tg][lane * 8 + i] = acc[h][i];
     __syncthreads();
-    float* slot = SplitPartial(a.split_scratch, D, kv * group + h, split,
-                               a.max_splits);
+    float* slot =
+        SplitPartial(a.split_scratch, D, kv * group + h, split, a.max_splits);
     for (int d = threadIdx.x; d < D; d += kThreads) {
       float mm = -FLT_MAX;
       for (int g = 0; g < kTokGroups; ++g) mm = fmaxf(mm, s_m[g]);
@@ -159,11 +158,11 @@ int Launch(const DecodeAttentionArgs& a, int num_splits, cudaStream_t stream) {
   } else if (group <= 4) {
     SplitKernel<T, D, 4><<<grid, kThreads, 0, stream>>>(a, num_splits, c);
   } else {
-    SplitKernel<T, D, kMaxGroup><<<grid, kThreads, 0, stream>>>(a, num_splits,
-                                                                c);
+    SplitKernel<T, D, kMaxGroup>
+        <<<grid, kThreads, 0, stream>>>(a, num_splits, c);
   }
-  MergeKernel<D><<<a.num_q_heads, D < 128 ? D : 128, 0, stream>>>(a,
-                                                                  num_splits);
+  constexpr int kMergeThreads = D < 128 ? D : 128;
+  MergeKernel<D><<<a.num_q_heads, kMergeThreads, 0, stream>>>(a, num_splits);
   return static_cast<int>(cudaGetLastError());
 }
 

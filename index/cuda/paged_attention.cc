@@ -110,11 +110,12 @@ int ChoosePagedSplits(const PagedAttentionArgs& a) {
   const int elem = a.dtype == ElemType::kFp32 ? 4 : 2;
   const int64_t tile_tokens = 16384 / (int64_t{a.head_dim} * elem);
   // One full wave of resident blocks over all rows (a partial second wave
-  // would leave most SMs idle at its end), at least two tiles per split.
+  // would leave most SMs idle at its end), at least one tile per split (at
+  // small batch the step is latency-bound: more, shorter splits finish
+  // sooner).
   const int64_t by_sm =
       std::max<int64_t>(1, int64_t{std::max(per_sm, 1)} * sms / a.num_rows);
-  const int64_t by_len =
-      std::max<int64_t>(1, a.tokens_hint / (2 * tile_tokens));
+  const int64_t by_len = std::max<int64_t>(1, a.tokens_hint / tile_tokens);
   return static_cast<int>(
       std::min<int64_t>({by_sm, by_len, int64_t{a.max_splits}}));
 }

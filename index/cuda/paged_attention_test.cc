@@ -35,6 +35,9 @@ struct Case {
   int selected;  // per row
   int max_size;  // cluster sizes in [0, max_size]
   int max_steady;
+  // Row 0 selects nothing valid (steady zone only); row 1 also has no
+  // steady zone (an empty row).
+  bool special_rows = false;
 };
 
 ElemType ToElem(DType t) {
@@ -136,6 +139,8 @@ TEST_P(PagedAttentionTest, ClustersSteadySlotsAndTailMatchCpu) {
   std::uniform_int_distribution<int> steady_dist(0, c.max_steady);
   for (int r = 0; r < R; ++r) {
     steady_n[r] = steady_dist(rng);
+    if (c.special_rows && r == 0) steady_n[r] = std::max(steady_n[r], 1);
+    if (c.special_rows && r == 1) steady_n[r] = 0;
     steady_k[r] = encode(random_floats(size_t(steady_n[r]) * d, 1.f));
     steady_v[r] = encode(random_floats(size_t(steady_n[r]) * d, 1.f));
   }
@@ -150,6 +155,9 @@ TEST_P(PagedAttentionTest, ClustersSteadySlotsAndTailMatchCpu) {
     if (S > 4) {
       sel[r * S + 1] = -1;
       sel[r * S + S - 2] = C + 5;
+    }
+    if (c.special_rows && r < 2) {
+      for (int i = 0; i < S; ++i) sel[r * S + i] = i % 2 == 0 ? -1 : C + i;
     }
   }
   // Wave-buffer slots: every third selected, non-empty cluster is resident.
@@ -256,6 +264,25 @@ TEST_P(PagedAttentionTest, ClustersSteadySlotsAndTailMatchCpu) {
   Buf d_pages(sizeof(KvPage) * R * (1 + S), false);
   Buf d_counters(16, false);
   ASSERT_EQ(cudaMemset(d_counters.get(), 0, 16), cudaSuccess);
+  // Row totals (steady + selected), and a staging area a little shorter
+  // than the longest row (tokens past it are not staged).
+  std::vector<int64_t> row_total(R);
+  for (int r = 0; r < R; ++r) {
+    row_total[r] = steady_n[r];
+    for (int i = 0; i < S; ++i) {
+      const int k = sel[r * S + i];
+      if (k >= 0 && k < C) row_total[r] += sizes[r * C + k];
+    }
+  }
+  const int64_t stage_row_tokens = std::max<int64_t>(
+      1, *std::max_element(row_total.begin(), row_total.end()) - 3);
+  Buf d_stage(2 * R * stage_row_tokens * tok_bytes, false);
+  ASSERT_EQ(cudaMemset(d_stage.get(), 0, 2 * R * stage_row_tokens * tok_bytes),
+            cudaSuccess);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+            cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // memsets above
 
   ClusterPagesArgs pa;
   pa.dtype = ToElem(c.dtype);
@@ -274,7 +301,8 @@ TEST_P(PagedAttentionTest, ClustersSteadySlotsAndTailMatchCpu) {
   pa.pages = d_pages.as<KvPage>();
   pa.lookups = d_counters.as<unsigned long long>();
   pa.hits = d_counters.as<unsigned long long>() + 1;
-  ASSERT_TRUE(LaunchClusterPages(pa, nullptr).ok());
+  pa.stage_misses = true;
+  ASSERT_TRUE(LaunchClusterPages(pa, stream).ok());
 
   const int max_splits = 40;
   const int QH = R * G;
@@ -292,6 +320,8 @@ TEST_P(PagedAttentionTest, ClustersSteadySlotsAndTailMatchCpu) {
   a.pages_per_row = 1 + S;
   a.slot_pool = d_pool->get();
   a.slot_ids = d_slot_ids->as<int32_t>();
+  a.stage = d_stage.get();
+  a.stage_row_tokens = stage_row_tokens;
   a.tokens_hint = c.max_steady + int64_t{S} * c.max_size / 2;
   a.max_splits = max_splits;
   a.split_scratch = scratch.as<float>();
@@ -330,14 +360,40 @@ TEST_P(PagedAttentionTest, ClustersSteadySlotsAndTailMatchCpu) {
   }
 
   const double tol = c.dtype == DType::kFp32 ? 1e-5 : 2e-3;
-  // Automatic split count, then the most splits (many of them empty).
-  for (int splits : {0, max_splits}) {
+  // Automatic split count, a few splits (several tiles each), the most
+  // splits (many of them empty), then the page build and the automatic
+  // split count again as one captured CUDA graph.
+  cudaGraphExec_t exec = nullptr;
+  for (int run = 0; run < 4; ++run) {
+    const int splits = run == 1 ? 3 : run == 2 ? max_splits : 0;
     a.num_splits = splits;
     ASSERT_EQ(cudaMemset(out.get(), 0xFF, QH * d * 4), cudaSuccess);  // NaN
     ASSERT_EQ(cudaMemset(oden.get(), 0xFF, QH * 4), cudaSuccess);
-    absl::Status st = LaunchPagedAttention(a, nullptr);
-    ASSERT_TRUE(st.ok()) << st;
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    if (run < 3) {
+      absl::Status st = LaunchPagedAttention(a, stream);
+      ASSERT_TRUE(st.ok()) << st;
+    } else {
+      ASSERT_EQ(cudaMemset(d_pages.get(), 0xFF, sizeof(KvPage) * R * (1 + S)),
+                cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      cudaGraph_t graph;
+      ASSERT_EQ(
+          cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
+          cudaSuccess);
+      ClusterPagesArgs no_counters = pa;
+      no_counters.lookups = nullptr;
+      no_counters.hits = nullptr;
+      absl::Status st1 = LaunchClusterPages(no_counters, stream);
+      absl::Status st2 = LaunchPagedAttention(a, stream);
+      ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+      ASSERT_TRUE(st1.ok()) << st1;
+      ASSERT_TRUE(st2.ok()) << st2;
+      ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+      cudaGraphDestroy(graph);
+      ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    }
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     std::vector<float> got = Download<float>(out.get(), QH * d);
     std::vector<float> gmax = Download<float>(omax.get(), QH);
     std::vector<float> gden = Download<float>(oden.get(), QH);
@@ -354,15 +410,49 @@ TEST_P(PagedAttentionTest, ClustersSteadySlotsAndTailMatchCpu) {
       }
       EXPECT_LE(std::sqrt(err / norm), tol)
           << "q head " << h << " " << DTypeName(c.dtype) << " d " << d
-          << " splits " << splits;
+          << " run " << run << " splits " << splits;
       EXPECT_NEAR(gmax[h] + std::log(gden[h]), want_lse[h], 1e-3)
           << "q head " << h;
     }
   }
+  if (exec != nullptr) cudaGraphExecDestroy(exec);
+  ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
   std::vector<unsigned long long> counters =
       Download<unsigned long long>(d_counters.get(), 2);
   EXPECT_EQ(counters[0], want_lookups);
   EXPECT_EQ(counters[1], want_hits);
+
+  // Staging: every token of a non-resident selected cluster below
+  // stage_row_tokens was copied to its row position (keys, then values).
+  std::vector<uint8_t> staged =
+      Download<uint8_t>(d_stage.get(), 2 * R * stage_row_tokens * tok_bytes);
+  int64_t checked = 0;
+  for (int r = 0; r < R; ++r) {
+    int64_t pos = steady_n[r];
+    for (int i = 0; i < S; ++i) {
+      const int k = sel[r * S + i];
+      if (k < 0 || k >= C) continue;
+      const int s = sizes[r * C + k];
+      const bool resident = slot_list[r * C + k] >= 0;
+      const uint8_t* src = store[r].data() + offsets[r * C + k] * elem;
+      for (int t = 0; t < s && !resident; ++t) {
+        if (pos + t >= stage_row_tokens) break;
+        const uint8_t* gk =
+            staged.data() + (2 * r * stage_row_tokens + pos + t) * tok_bytes;
+        const uint8_t* gv = gk + stage_row_tokens * tok_bytes;
+        ASSERT_EQ(std::memcmp(gk, src + t * tok_bytes, tok_bytes), 0)
+            << "row " << r << " cluster " << k << " token " << t;
+        ASSERT_EQ(std::memcmp(gv, src + (size_t(s) + t) * tok_bytes, tok_bytes),
+                  0)
+            << "row " << r << " cluster " << k << " token " << t;
+        ++checked;
+      }
+      pos += s;
+    }
+  }
+  if (S > 0 && !c.special_rows) {
+    EXPECT_GT(checked, 0);
+  }
 }
 
 std::vector<Case> AllCases() {
@@ -373,6 +463,8 @@ std::vector<Case> AllCases() {
       cases.push_back({t, d, 3, 1, 30, 30, 20, 10});    // no GQA, all chosen
       cases.push_back({t, d, 2, 8, 300, 150, 24, 70});  // GQA 8, many tiles
       cases.push_back({t, d, 4, 3, 50, 20, 9, 0});      // group 3, no steady
+      // Steady-only and empty rows among full ones.
+      cases.push_back({t, d, 3, 2, 60, 40, 30, 90, true});
     }
   }
   return cases;
@@ -381,8 +473,10 @@ std::vector<Case> AllCases() {
 INSTANTIATE_TEST_SUITE_P(AllShapes, PagedAttentionTest,
                          ::testing::ValuesIn(AllCases()));
 
-// One page of a long contiguous run per row (the full-attention layout) and
-// one-token pages (token-level gather), fp16 d=128 GQA 4, host and device.
+// One page of a long contiguous run per row (the full-attention layout),
+// one-token pages (token-level gather) and one-token pages separated by
+// empty pages (more pages per tile than the kernel's page window), fp16
+// d=128 GQA 4, host and device, automatic and few splits.
 TEST(PagedAttentionLayouts, ContiguousRunAndTokenPagesMatchCpu) {
   if (!CheckCudaDevice().ok()) GTEST_SKIP() << "no GPU";
   const int d = 128, R = 2, G = 4, n = 20000;
@@ -403,13 +497,20 @@ TEST(PagedAttentionLayouts, ContiguousRunAndTokenPagesMatchCpu) {
     auto dq = Upload(q);
     // Token pages: every 7th token of each row, as 1-token pages.
     const int tp = n / 7;
-    for (bool token_pages : {false, true}) {
-      const int ppr = token_pages ? tp : 1;
+    for (int layout = 0; layout < 3; ++layout) {
+      const bool token_pages = layout > 0;
+      const int stride = layout == 2 ? 2 : 1;  // page slots per token
+      const int ppr = token_pages ? tp * stride : 1;
       std::vector<KvPage> pages(size_t(R) * ppr);
       for (int r = 0; r < R; ++r) {
-        for (int i = 0; i < ppr; ++i) {
-          KvPage& p = pages[r * ppr + i];
+        for (int j = 0; j < ppr; ++j) {
+          KvPage& p = pages[r * ppr + j];
+          const int i = j / stride;
           const size_t tok = size_t(r) * n + (token_pages ? size_t(i) * 7 : 0);
+          if (j % stride != 0) {  // empty page between two tokens
+            p.first_token = i + 1;
+            continue;
+          }
           p.keys = dk->as<uint8_t>() + tok * d * 2;
           p.values = dv->as<uint8_t>() + tok * d * 2;
           p.first_token = token_pages ? i : 0;
@@ -437,31 +538,36 @@ TEST(PagedAttentionLayouts, ContiguousRunAndTokenPagesMatchCpu) {
       a.out_den = oden.as<float>();
       a.out_num = onum.as<float>();
       a.out = out.as<float>();
-      ASSERT_TRUE(LaunchPagedAttention(a, nullptr).ok());
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      std::vector<float> got = Download<float>(out.get(), QH * d);
-      for (int r = 0; r < R; ++r) {
-        std::vector<uint8_t> gk, gv;
-        for (int i = 0; i < ppr; ++i) {
-          const size_t tok = size_t(r) * n + (token_pages ? size_t(i) * 7 : 0);
-          const size_t cnt = token_pages ? 1 : n;
-          gk.insert(gk.end(), kb.begin() + tok * d * 2,
-                    kb.begin() + (tok + cnt) * d * 2);
-          gv.insert(gv.end(), vb.begin() + tok * d * 2,
-                    vb.begin() + (tok + cnt) * d * 2);
-        }
-        KvView view{dt, size_t(d), gk.size() / (d * 2), gk.data(), gv.data()};
-        for (int g = 0; g < G; ++g) {
-          const int h = r * G + g;
-          std::vector<float> want = FullAttention(
-              absl::MakeConstSpan(q.data() + h * d, d), view, scale);
-          double err = 0, norm = 0;
-          for (int i = 0; i < d; ++i) {
-            err += std::pow(got[h * d + i] - want[i], 2);
-            norm += std::pow(want[i], 2);
+      for (int splits : {0, 5}) {
+        a.num_splits = splits;
+        ASSERT_TRUE(LaunchPagedAttention(a, nullptr).ok());
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        std::vector<float> got = Download<float>(out.get(), QH * d);
+        for (int r = 0; r < R; ++r) {
+          std::vector<uint8_t> gk, gv;
+          for (int i = 0; i < (token_pages ? tp : 1); ++i) {
+            const size_t tok =
+                size_t(r) * n + (token_pages ? size_t(i) * 7 : 0);
+            const size_t cnt = token_pages ? 1 : n;
+            gk.insert(gk.end(), kb.begin() + tok * d * 2,
+                      kb.begin() + (tok + cnt) * d * 2);
+            gv.insert(gv.end(), vb.begin() + tok * d * 2,
+                      vb.begin() + (tok + cnt) * d * 2);
           }
-          EXPECT_LE(std::sqrt(err / norm), 2e-3)
-              << "host " << host << " token_pages " << token_pages;
+          KvView view{dt, size_t(d), gk.size() / (d * 2), gk.data(), gv.data()};
+          for (int g = 0; g < G; ++g) {
+            const int h = r * G + g;
+            std::vector<float> want = FullAttention(
+                absl::MakeConstSpan(q.data() + h * d, d), view, scale);
+            double err = 0, norm = 0;
+            for (int i = 0; i < d; ++i) {
+              err += std::pow(got[h * d + i] - want[i], 2);
+              norm += std::pow(want[i], 2);
+            }
+            EXPECT_LE(std::sqrt(err / norm), 2e-3)
+                << "host " << host << " layout " << layout << " splits "
+                << splits;
+          }
         }
       }
     }
