@@ -23,12 +23,34 @@ inline constexpr int kLogitTile = 256;
 inline constexpr int kScoreTile = 1024;
 inline constexpr int kTailWindow = 512;
 // Score key of cluster c: 0 if empty, else bits(score_c) + 1 (scores are
-// >= 0, so keys order like scores, stay below 2^31, and every non-empty key
-// is > every empty one). The histogram digit is key >> kHistShift (4096
-// bins: 8 exponent and 4 mantissa bits of the score).
+// in [0, group] with group <= 8, so keys order like scores, stay at or
+// below bits(8.0f) + 1, and every non-empty key is > every empty one).
+// Histogram digit of a key (HistDigit): 128 bins per octave over the 32
+// octaves below 8.0 (key bits 30..16, i.e. exponent and 7 mantissa bits,
+// minus kDigitBase); smaller scores (below ~2^-29) share bin 0.
 inline constexpr int kHistBins = 4096;
-inline constexpr int kHistShift = 19;
+inline constexpr int kDigitShift = 16;
+inline constexpr uint32_t kDigitBase =
+    ((0x41000000u + 1u) >> kDigitShift) - (kHistBins - 1);
+
+__host__ __device__ inline uint32_t HistDigit(uint32_t key) {
+  const uint32_t hi = key >> kDigitShift;
+  const uint32_t d = hi <= kDigitBase ? 0u : hi - kDigitBase;
+  return d < kHistBins - 1u ? d : kHistBins - 1u;
+}
+
 inline constexpr int kSelectThreads = 1024;
+// Boundary-bin candidates kept for the radix select (shared memory in the
+// select kernel, and the workspace list the classify kernel fills).
+inline constexpr uint32_t kCandidates = 4096;
+// Up to this many clusters the select kernel's one block per problem
+// classifies the keys itself. Larger indexes get the many-block classify
+// kernel first when the call has at most kClassifyMaxProblems problems
+// (1M tokens, batch 1: select 53 -> 32 us + 18 us classify, graph -4 us;
+// at batch 4 and 16 it cost more than it saved: every classify block reads
+// the whole 4096-bin histogram to find the boundary bins).
+inline constexpr int kClassifyMaxProblems = 8;
+inline constexpr uint32_t kSingleBlockSelectMax = 16384;
 
 // Byte offsets of the arrays inside one problem's workspace (each 256-byte
 // aligned).
@@ -40,6 +62,8 @@ struct Layout {
   size_t windows;     // uint32 [ceil(K / kTailWindow)]: estimation-zone
                       // members in earlier windows (exclusive prefix)
   size_t tail;        // float [ceil(K / kTailWindow)][group][head_dim + 2]
+  size_t candidates;  // uint64 [kCandidates]: classify kernel's list
+  size_t retrieved;   // uint64 [kMaxRetrievalClusters]: classify's list
   size_t total;
 };
 
@@ -53,6 +77,10 @@ inline constexpr int kCounterTailDone = kHistBins + 1;
 inline constexpr int kCounterEstimation = kHistBins + 2;
 inline constexpr int kThresholdZones = kHistBins + 4;      // 2 words
 inline constexpr int kThresholdRetrieval = kHistBins + 6;  // 2 words
+// Classify kernel (see kSingleBlockSelectMax): entries appended to the
+// candidate and retrieval lists.
+inline constexpr int kCounterCandidates = kHistBins + 8;
+inline constexpr int kCounterRetrieved = kHistBins + 9;
 inline constexpr int kHistWords = kHistBins + 32;
 
 __host__ __device__ inline size_t AlignUp(size_t x) {
@@ -79,6 +107,12 @@ __host__ __device__ inline Layout MakeLayout(uint32_t k, int group,
   off += AlignUp(size_t{4} * NumWindows(k));
   l.tail = off;
   off += AlignUp(size_t{4} * group * (head_dim + 2) * NumWindows(k));
+  // The classify kernel's lists, only for indexes that use it.
+  const bool classify = k > kSingleBlockSelectMax;
+  l.candidates = off;
+  off += classify ? AlignUp(size_t{8} * kCandidates) : 0;
+  l.retrieved = off;
+  off += classify ? AlignUp(size_t{8} * kMaxRetrievalClusters) : 0;
   l.total = off;
   return l;
 }
@@ -126,45 +160,15 @@ __device__ T BlockExclusiveSum(T v, T* s_warp, T& total) {
   return excl;
 }
 
-// Programmatic dependent launch (sm_90): the score, select and tail
-// kernels are launched so that they may be scheduled while their
-// predecessor in the stream finishes (hiding launch latency); each waits
-// for its predecessor's completion and memory (griddepcontrol.wait) before
-// it reads the workspace. The logits kernel is launched normally: it must
-// not overlap whatever ran before it on the stream.
-__device__ __forceinline__ void WaitForPredecessor() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-// Lets the next kernel of the stream be scheduled (it still waits for this
-// one's completion in WaitForPredecessor).
+// Lets a kernel launched after this one as a programmatic dependent launch
+// (sm_90; it must wait for our completion itself, griddepcontrol.wait) be
+// scheduled before this one finishes. Our own kernels are plain launches:
+// programmatic launches of them measured ~2.5 us slower at 128K batch 1 in
+// CUDA-graph replays (and ~1% faster at 1M).
 __device__ __forceinline__ void AllowDependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
-}
-
-// Whether the current device supports programmatic dependent launch.
-bool DependentLaunchSupported();
-
-// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic
-// dependent launch where supported.
-template <typename... KArgs, typename... Args>
-cudaError_t LaunchDependent(void (*kernel)(KArgs...), dim3 grid, dim3 block,
-                            size_t smem, cudaStream_t stream, Args... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = DependentLaunchSupported() ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
 // Per-stage launchers (each returns a cudaError_t value).
@@ -175,10 +179,17 @@ int LaunchLogits(const RetrievalArgs& a, uint32_t max_clusters,
 // (many blocks per problem).
 int LaunchScores(const RetrievalArgs& a, uint32_t max_clusters,
                  cudaStream_t stream);
+// Per window of kTailWindow ids (many blocks per problem): clusters certain
+// to be in the retrieval zone and boundary-bin candidates appended to the
+// workspace lists, certain estimation-zone members counted, for every
+// problem of over kSingleBlockSelectMax clusters.
+int LaunchClassify(const RetrievalArgs& a, uint32_t max_clusters,
+                   cudaStream_t stream);
 // Zone thresholds, the retrieval zone best first, per-window offsets of the
-// estimation zone (one block per problem).
+// estimation zone (one block per problem); `classified`: LaunchClassify ran
+// first (it handled the problems of over kSingleBlockSelectMax clusters).
 int LaunchSelect(const RetrievalArgs& a, uint32_t max_retrieval,
-                 cudaStream_t stream);
+                 bool classified, cudaStream_t stream);
 // Estimation zone ids and tail statistics per window of cluster ids (the
 // last block of each problem merges).
 int LaunchTail(const RetrievalArgs& a, uint32_t max_clusters,

@@ -115,17 +115,32 @@ __device__ void TailWindow(const RetrievalProblem& p, const Layout& lay,
   float acc[G][4];
 #pragma unroll
   for (int h = 0; h < G; ++h) acc[h][0] = acc[h][1] = acc[h][2] = acc[h][3] = 0;
-  for (uint32_t i = rg; i < n; i += kRowGroups) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(
-        p.value_sums + static_cast<size_t>(s_id[i]) * D + lane * 4));
+  // kRowUnroll rows' loads in flight per thread before their FMAs.
+  constexpr int kRowUnroll = 8;
+  for (uint32_t i0 = rg; i0 < n; i0 += kRowGroups * kRowUnroll) {
+    float4 v[kRowUnroll];
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
-      if (h >= group) break;
-      const float w = s_w[h][i];
-      acc[h][0] = fmaf(w, v.x, acc[h][0]);
-      acc[h][1] = fmaf(w, v.y, acc[h][1]);
-      acc[h][2] = fmaf(w, v.z, acc[h][2]);
-      acc[h][3] = fmaf(w, v.w, acc[h][3]);
+    for (int u = 0; u < kRowUnroll; ++u) {
+      const uint32_t i = i0 + u * kRowGroups;
+      v[u] =
+          i < n
+              ? __ldg(reinterpret_cast<const float4*>(
+                    p.value_sums + static_cast<size_t>(s_id[i]) * D + lane * 4))
+              : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int u = 0; u < kRowUnroll; ++u) {
+      const uint32_t i = i0 + u * kRowGroups;
+      if (i >= n) break;
+#pragma unroll
+      for (int h = 0; h < G; ++h) {
+        if (h >= group) break;
+        const float w = s_w[h][i];
+        acc[h][0] = fmaf(w, v[u].x, acc[h][0]);
+        acc[h][1] = fmaf(w, v[u].y, acc[h][1]);
+        acc[h][2] = fmaf(w, v[u].z, acc[h][2]);
+        acc[h][3] = fmaf(w, v[u].w, acc[h][3]);
+      }
     }
   }
   // Row groups combined in a fixed order through half as many slots: the
@@ -174,9 +189,11 @@ __device__ void MergeChunks(const RetrievalProblem& p, const Layout& lay,
   const int warp = threadIdx.x / 32, wl = threadIdx.x % 32;
   if (warp < group) {
     float m = -INFINITY;
+#pragma unroll 4
     for (uint32_t c = wl; c < chunks; c += 32) {
       const float* slot = TailSlot(p.workspace, lay, c, group, warp, D);
-      if (__ldcg(slot + 1) > 0.f) m = fmaxf(m, __ldcg(slot));
+      const float cm = __ldcg(slot), cden = __ldcg(slot + 1);  // both in flight
+      if (cden > 0.f) m = fmaxf(m, cm);
     }
 #pragma unroll
     for (int off = 16; off > 0; off /= 2)
@@ -195,9 +212,9 @@ __device__ void MergeChunks(const RetrievalProblem& p, const Layout& lay,
       float w = 0.f;
       if (c < chunks) {
         const float* slot = TailSlot(p.workspace, lay, c, group, warp, D);
-        const float cden = __ldcg(slot + 1);
+        const float cm = __ldcg(slot), cden = __ldcg(slot + 1);
         if (cden > 0.f) {
-          w = __expf(__ldcg(slot) - s_mm[warp]);
+          w = __expf(cm - s_mm[warp]);
           den = fmaf(cden, w, den);
         }
       }
@@ -212,16 +229,20 @@ __device__ void MergeChunks(const RetrievalProblem& p, const Layout& lay,
         const int h = idx / D, j = idx % D;
         const float* col =
             TailSlot(p.workspace, lay, base, group, h, D) + 2 + j;
-        // The round's 32 values in flight at once, then a sequential sum.
-        float v[32];
-#pragma unroll
-        for (uint32_t i = 0; i < 32; ++i) {
-          v[i] = i < n ? __ldcg(col + i * stride) : 0.f;
-        }
+        // 16 values in flight at once, then a sequential sum (same order
+        // as one chain over the round).
         float acc = 0.f;
 #pragma unroll
-        for (uint32_t i = 0; i < 32; ++i) {
-          if (i < n) acc = fmaf(s_w[h][i], v[i], acc);
+        for (uint32_t i0 = 0; i0 < 32; i0 += 16) {
+          float v[16];
+#pragma unroll
+          for (uint32_t i = 0; i < 16; ++i) {
+            v[i] = i0 + i < n ? __ldcg(col + (i0 + i) * stride) : 0.f;
+          }
+#pragma unroll
+          for (uint32_t i = 0; i < 16; ++i) {
+            if (i0 + i < n) acc = fmaf(s_w[h][i0 + i], v[i], acc);
+          }
         }
         num[r] += acc;
       }
@@ -246,11 +267,13 @@ __device__ void MergeChunks(const RetrievalProblem& p, const Layout& lay,
 
 // Grid (windows of the largest index, problems).
 template <int D, int G>
-__global__ void __launch_bounds__(kThreads) TailKernel(RetrievalArgs a) {
+__global__ void __launch_bounds__(kThreads, G <= 4 ? 4 : 2)
+    TailKernel(RetrievalArgs a) {
   __shared__ bool s_last;
-  AllowDependents();  // e.g. the page-table kernel; it waits for us
+  // A programmatic dependent launched after us (e.g. the page-table
+  // kernel, which waits for our completion first) may be scheduled early.
+  AllowDependents();
   const RetrievalProblem p = a.device_problems[blockIdx.y];
-  WaitForPredecessor();
   const uint32_t k = p.num_clusters;
   const int group = a.group_size;
   const Layout lay = MakeLayout(k, group, D);
@@ -273,18 +296,16 @@ __global__ void __launch_bounds__(kThreads) TailKernel(RetrievalArgs a) {
 
 template <int D>
 int LaunchTailTyped(const RetrievalArgs& a, dim3 grid, cudaStream_t s) {
-  cudaError_t err;
   if (a.group_size <= 1) {
-    err = LaunchDependent(TailKernel<D, 1>, grid, kThreads, 0, s, a);
+    TailKernel<D, 1><<<grid, kThreads, 0, s>>>(a);
   } else if (a.group_size <= 2) {
-    err = LaunchDependent(TailKernel<D, 2>, grid, kThreads, 0, s, a);
+    TailKernel<D, 2><<<grid, kThreads, 0, s>>>(a);
   } else if (a.group_size <= 4) {
-    err = LaunchDependent(TailKernel<D, 4>, grid, kThreads, 0, s, a);
+    TailKernel<D, 4><<<grid, kThreads, 0, s>>>(a);
   } else {
-    err = LaunchDependent(TailKernel<D, kMaxRetrievalGroup>, grid, kThreads, 0,
-                          s, a);
+    TailKernel<D, kMaxRetrievalGroup><<<grid, kThreads, 0, s>>>(a);
   }
-  return static_cast<int>(err);
+  return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace
@@ -332,7 +353,15 @@ int LaunchRetrievalRaw(const RetrievalArgs& args, cudaStream_t stream) {
   if (int err = retrieval::LaunchScores(args, max_k, stream); err != 0) {
     return err;
   }
-  if (int err = retrieval::LaunchSelect(args, max_r, stream); err != 0) {
+  const bool classify = max_k > retrieval::kSingleBlockSelectMax &&
+                        args.num_problems <= retrieval::kClassifyMaxProblems;
+  if (classify) {
+    if (int err = retrieval::LaunchClassify(args, max_k, stream); err != 0) {
+      return err;
+    }
+  }
+  if (int err = retrieval::LaunchSelect(args, max_r, classify, stream);
+      err != 0) {
     return err;
   }
   return retrieval::LaunchTail(args, max_k, stream);

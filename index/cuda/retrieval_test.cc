@@ -212,8 +212,9 @@ TEST_P(RetrievalGpuTest, MatchesPlanRetrieval) {
 
 // Zone boundaries inside groups of equal scores (ties to the lower id),
 // all scores equal (more candidates than the select kernel keeps in shared
-// memory: the exact fallback), tiny indexes, an empty estimation budget,
-// an index with no non-empty cluster.
+// memory: the exact fallback; below and above the size that takes the
+// classify kernel), tiny indexes, an empty estimation budget, an index
+// with no non-empty cluster.
 TEST_P(RetrievalGpuTest, TiesAndEdgeCases) {
   const Case c = GetParam();
   const size_t d = c.head_dim, g = c.group;
@@ -228,6 +229,9 @@ TEST_P(RetrievalGpuTest, TiesAndEdgeCases) {
   specs.push_back(MakeSpec(MakeIndex(d, 3000, dtype, rng, 40), g, rng));
   specs.push_back(MakeSpec(MakeIndex(d, 3001, dtype, rng, 7), g, rng, wide));
   specs.push_back(MakeSpec(MakeIndex(d, 6000, dtype, rng, 1), g, rng));
+  // Over kSingleBlockSelectMax = 16384 clusters: the classify kernel's
+  // path, here with every score equal (its exact fallback too).
+  specs.push_back(MakeSpec(MakeIndex(d, 20000, dtype, rng, 1), g, rng));
   specs.push_back(MakeSpec(MakeIndex(d, 5, dtype, rng, 1), g, rng));
   specs.push_back(MakeSpec(MakeIndex(d, 1, dtype, rng, 0, 1), g, rng));
   specs.push_back(MakeSpec(MakeIndex(d, 7, dtype, rng), g, rng, wide));
@@ -338,6 +342,21 @@ TEST(RetrievalGpuLargeTest, MillionTokenIndex) {
     specs.push_back(MakeSpec(MakeIndex(128, 900, ToDType(type), rng), 4, rng));
     RunAndCheck(c, specs, {2});
   }
+}
+
+// More problems than take the classify kernel (kClassifyMaxProblems = 8):
+// an index over 16384 clusters classified by its one select block.
+TEST(RetrievalGpuLargeTest, ManyProblemsWithLargeIndex) {
+  if (absl::Status s = CheckCudaDevice(); !s.ok()) GTEST_SKIP() << s.message();
+  const Case c{ElemType::kFp16, 64, 2};
+  std::mt19937 rng(123);
+  std::vector<Spec> specs;
+  specs.push_back(MakeSpec(MakeIndex(64, 20000, DType::kFp16, rng), 2, rng));
+  for (int i = 0; i < 8; ++i) {
+    specs.push_back(
+        MakeSpec(MakeIndex(64, 50 + 97 * i, DType::kFp16, rng), 2, rng));
+  }
+  RunAndCheck(c, specs, {9});
 }
 
 // retrieval_clusters == 0: both zones empty (as PlanRetrieval), padding

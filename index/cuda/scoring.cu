@@ -17,7 +17,6 @@
 // keys, and adds them to the problem's first radix histogram.
 #include <cfloat>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "index/cuda/retrieval_kernels.cuh"
@@ -82,7 +81,6 @@ template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads, G <= 4 ? 3 : 2)
     LogitsKernel(RetrievalArgs a) {
   constexpr int kLanes = D / 8;  // threads per centroid row
-  AllowDependents();
   constexpr int kRowsPerStep = kThreads / kLanes;
   constexpr int kSteps = kLogitTile / kRowsPerStep;
   constexpr int kUnroll = kSteps < 4 ? kSteps : 4;
@@ -240,7 +238,6 @@ __global__ void __launch_bounds__(kThreads) LogitsMmaKernel(RetrievalArgs a) {
   constexpr int kJ = D / 32 / kPasses;  // 16-byte chunks per row per pass
   constexpr int kWarpRows = kLogitTile / (kThreads / 32);  // 32
   static_assert(kWarpRows == 32, "two 16-row mma tiles per warp");
-  AllowDependents();
   const RetrievalProblem p = a.device_problems[blockIdx.y];
   const uint32_t k = p.num_clusters;
   const int group = a.group_size;
@@ -358,9 +355,7 @@ __global__ void __launch_bounds__(kThreads) LogitsMmaKernel(RetrievalArgs a) {
 template <int G>
 __global__ void __launch_bounds__(kThreads) ScoreKernel(RetrievalArgs a) {
   constexpr int kItems = kScoreTile / kThreads;
-  AllowDependents();
   const RetrievalProblem p = a.device_problems[blockIdx.y];
-  WaitForPredecessor();
   const uint32_t k = p.num_clusters;
   const uint32_t tile_begin = blockIdx.x * kScoreTile;
   if (tile_begin >= k) return;  // uniform across the block
@@ -426,7 +421,7 @@ __global__ void __launch_bounds__(kThreads) ScoreKernel(RetrievalArgs a) {
       }
       key = __float_as_uint(score) + 1u;
       ++nonempty;
-      atomicAdd(&s_hist[key >> kHistShift], 1u);
+      atomicAdd(&s_hist[HistDigit(key)], 1u);
     }
     keys[c] = key;
   }
@@ -497,34 +492,20 @@ int LaunchLogits(const RetrievalArgs& a, uint32_t max_clusters,
   return static_cast<int>(cudaErrorInvalidValue);
 }
 
-bool DependentLaunchSupported() {
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
-                             device) != cudaSuccess) {
-    return false;
-  }
-  static const bool disabled =
-      std::getenv("WAVEKV_RETRIEVAL_NO_PDL") != nullptr;
-  return major >= 9 && !disabled;
-}
-
 int LaunchScores(const RetrievalArgs& a, uint32_t max_clusters,
                  cudaStream_t stream) {
   if (max_clusters == 0) return 0;
   const dim3 grid((max_clusters + kScoreTile - 1) / kScoreTile, a.num_problems);
-  cudaError_t err;
   if (a.group_size <= 1) {
-    err = LaunchDependent(ScoreKernel<1>, grid, kThreads, 0, stream, a);
+    ScoreKernel<1><<<grid, kThreads, 0, stream>>>(a);
   } else if (a.group_size <= 2) {
-    err = LaunchDependent(ScoreKernel<2>, grid, kThreads, 0, stream, a);
+    ScoreKernel<2><<<grid, kThreads, 0, stream>>>(a);
   } else if (a.group_size <= 4) {
-    err = LaunchDependent(ScoreKernel<4>, grid, kThreads, 0, stream, a);
+    ScoreKernel<4><<<grid, kThreads, 0, stream>>>(a);
   } else {
-    err = LaunchDependent(ScoreKernel<kMaxRetrievalGroup>, grid, kThreads, 0,
-                          stream, a);
+    ScoreKernel<kMaxRetrievalGroup><<<grid, kThreads, 0, stream>>>(a);
   }
-  return static_cast<int>(err);
+  return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace wavekv::cuda::retrieval
