@@ -4,13 +4,19 @@
 //            unit length in fp16 for scoring (a positive per-key scale does
 //            not change a key's argmax), initial centroids = the unit keys at
 //            the evenly spaced picks;
-//   assign:  tensor-core scoring (mma.sync m16n8k16, fp16 in, fp32
-//            accumulate) of 128-key tiles against the tile's centroid range,
-//            fused with the argmax (ties to the lowest cluster id);
-//   sort:    stable radix sort of (problem, cluster) keys with token values
-//            (CUB), so members come out cluster-major in token order;
-//   update:  one warp per cluster sums its members' centred keys in token
-//            order in fp32 (as the CPU does) and normalises;
+//   assign:  tensor-core scoring (fp16 in, fp32 accumulate) fused with the
+//            argmax (ties to the lowest cluster id): mma.sync m16n8k16
+//            (AssignKernel, sm_80+) or wgmma (kmeans_wgmma.cuh, sm_90a: 128-
+//            key tiles, and a centroid-stationary kernel for the in-segment
+//            iterations);
+//   update:  per iteration, either one fused kernel per (segment, cluster
+//            chunk) -- counting sort of the segment's assignments in shared
+//            memory, then one warp per cluster summing its members' centred
+//            keys in token order in fp32 (as the CPU does), normalised, with
+//            the early stop of converged segments -- or (segments too long
+//            for shared memory) a stable CUB radix sort of (problem, cluster)
+//            keys and the same per-cluster sums;
+//   final:   assignment against all centroids of the problem, radix sort;
 //   stats:   one warp per cluster: size, member mean of the original keys
 //            and value sum, both accumulated in double in token order.
 // Every step is deterministic: no floating-point atomics.
@@ -523,21 +529,18 @@ __global__ void UpdateKernel(KMeansRawArgs a, const uint32_t* members) {
 //   early stop: a segment whose assignment did not change in iteration it
 //     (> 0) is converged: its centroids are a fixed point, so stopping
 //     leaves every later result unchanged (index/kmeans.cc does the same);
-//   counting sort in shared memory: the segment's assignments are read once
-//     (coalesced, many loads in flight); each warp takes a contiguous run of
-//     tokens; per-warp counts per cluster, a scan, then a stable scatter
-//     (__match_any_sync ranks the lanes of one cluster in lane order), so
-//     members come out cluster-major in token order;
+//   counting sort in shared memory: each warp takes a contiguous run of the
+//     segment's tokens; per-warp counts per cluster, a scan, then a stable
+//     scatter (__match_any_sync ranks lanes of one cluster in lane order),
+//     so members come out cluster-major in token order;
 //   sums: one warp per cluster, fp32 in token order, normalised, exactly as
-//     UpdateKernel computes them from the global sort; up to kRows member
-//     rows in flight per warp.
+//     UpdateKernel computes them from the global sort.
 template <typename T, int D>
 __global__ void __launch_bounds__(256)
     FusedUpdateKernel(KMeansRawArgs a, int it) {
-  static_assert(kFusedClusters == 32, "one cluster per lane in the scan");
   constexpr int EPL = D / 32;
-  constexpr int W = 8;                                 // warps
-  constexpr int kVecRows = RowsInFlight<EPL, T>(128);  // rows per warp
+  constexpr int W = 8;                 // warps
+  constexpr int B = EPL <= 4 ? 8 : 4;  // member rows in flight per warp
   constexpr uint32_t kNone = 0xffffu;
   extern __shared__ __align__(16) uint16_t fsm[];
   __shared__ uint32_t hist[W][kFusedClusters];
@@ -557,56 +560,58 @@ __global__ void __launch_bounds__(256)
 
   const uint32_t seg_n = job.row_end - job.row_begin;
   const uint32_t c0 = job.cent_begin, cnt = job.cent_end - job.cent_begin;
-  uint16_t* loc = fsm;  // [seg_n], chunk-local cluster or kNone
+  uint16_t* loc = fsm;  // [seg_n], chunk-local cluster
   uint16_t* members = fsm + ((seg_n + 7) & ~7u);  // [seg_n], token - begin
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  hist[warp][lane] = 0;
-  const uint32_t* asg =
-      a.assignment + static_cast<int64_t>(p) * a.num_tokens + job.row_begin;
-  for (uint32_t i0 = threadIdx.x; i0 < seg_n; i0 += 8 * 256) {
-    uint32_t g[8];
-#pragma unroll
-    for (int u = 0; u < 8; ++u) {
-      const uint32_t i = i0 + u * 256;
-      g[u] = i < seg_n ? asg[i] - c0 : kNone;
-    }
-#pragma unroll
-    for (int u = 0; u < 8; ++u) {
-      const uint32_t i = i0 + u * 256;
-      if (i < seg_n) loc[i] = static_cast<uint16_t>(g[u] < cnt ? g[u] : kNone);
-    }
+  for (int i = threadIdx.x; i < W * kFusedClusters; i += 256) {
+    hist[i / kFusedClusters][i % kFusedClusters] = 0;
   }
   __syncthreads();
   const uint32_t per_warp = (seg_n + W - 1) / W;
   const uint32_t w0 = min(seg_n, warp * per_warp);
   const uint32_t w1 = min(seg_n, w0 + per_warp);
+  const uint32_t* asg =
+      a.assignment + static_cast<int64_t>(p) * a.num_tokens + job.row_begin;
   for (uint32_t base = w0; base < w1; base += 32) {  // warp-uniform
     const uint32_t i = base + lane;
-    const uint32_t c = i < w1 ? loc[i] : kNone;
+    uint32_t c = kNone;
+    if (i < w1) {
+      const uint32_t g = asg[i] - c0;
+      if (g < cnt) c = g;
+      loc[i] = static_cast<uint16_t>(c);
+    }
     const uint32_t peers = __match_any_sync(~0u, c);
     if (c != kNone && lane == __ffs(peers) - 1) hist[warp][c] += __popc(peers);
     __syncwarp();
   }
   __syncthreads();
   if (warp == 0) {
-    // Cluster j = lane: total, exclusive scan, then per-warp starts.
-    uint32_t t = 0;
+    // Cluster j = 2 * lane + {0, 1}: totals, exclusive scan, per-warp starts.
+    const int j0 = 2 * lane, j1 = j0 + 1;
+    uint32_t t0 = 0, t1 = 0;
 #pragma unroll
-    for (int w = 0; w < W; ++w) t += hist[w][lane];
-    uint32_t incl = t;
+    for (int w = 0; w < W; ++w) {
+      t0 += hist[w][j0];
+      t1 += hist[w][j1];
+    }
+    uint32_t incl = t0 + t1;
 #pragma unroll
     for (int off = 1; off < 32; off <<= 1) {
       const uint32_t o = __shfl_up_sync(~0u, incl, off);
       if (lane >= off) incl += o;
     }
-    uint32_t run = incl - t;
-    start[lane] = run;
+    const uint32_t excl = incl - (t0 + t1);
+    start[j0] = excl;
+    start[j1] = excl + t0;
     if (lane == 31) start[kFusedClusters] = incl;
+    uint32_t r0 = excl, r1 = excl + t0;
 #pragma unroll
     for (int w = 0; w < W; ++w) {
-      const uint32_t h = hist[w][lane];
-      hist[w][lane] = run;
-      run += h;
+      const uint32_t h0 = hist[w][j0], h1 = hist[w][j1];
+      hist[w][j0] = r0;
+      hist[w][j1] = r1;
+      r0 += h0;
+      r1 += h1;
     }
   }
   __syncthreads();
@@ -630,51 +635,45 @@ __global__ void __launch_bounds__(256)
   float m[EPL];
 #pragma unroll
   for (int j = 0; j < EPL; ++j) m[j] = a.mean[p * D + lane * EPL + j];
-  auto sums = [&](auto vec_tag) {
-    constexpr bool kVec = decltype(vec_tag)::value;
-    // Scalar loads (unaligned rows, not seen in practice): fewer rows.
-    constexpr int kRows = kVec ? kVecRows : 4;
-    for (uint32_t j = warp; j < cnt; j += W) {
-      const uint32_t b = start[j], e = start[j + 1];
-      if (b == e) continue;
-      float s[EPL];
+  for (uint32_t j = warp; j < cnt; j += W) {
+    const uint32_t b = start[j], e = start[j + 1];
+    if (b == e) continue;
+    float s[EPL];
 #pragma unroll
-      for (int q = 0; q < EPL; ++q) s[q] = 0.f;
-      for (uint32_t i = b; i < e; i += kRows) {  // warp-uniform
-        RawLane<EPL, T> r[kRows];
+    for (int q = 0; q < EPL; ++q) s[q] = 0.f;
+    uint32_t i = b;
+    for (; i + B <= e; i += B) {
+      float x[B][EPL];
 #pragma unroll
-        for (int u = 0; u < kRows; ++u) {
-          if (i + u < e) {
-            LoadRaw<kVec>(
-                keys + static_cast<int64_t>(members[i + u]) * prob.row_stride,
-                lane, r[u]);
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kRows; ++u) {
-          if (i + u < e) {
-#pragma unroll
-            for (int q = 0; q < EPL; ++q) s[q] += ToFloat(r[u].v[q]) - m[q];
-          }
-        }
+      for (int u = 0; u < B; ++u) {
+        LoadLane<EPL>(
+            keys + static_cast<int64_t>(members[i + u]) * prob.row_stride, lane,
+            x[u]);
       }
-      float ss = 0.f;
 #pragma unroll
-      for (int q = 0; q < EPL; ++q) ss += s[q] * s[q];
-      const float norm = sqrtf(WarpSum(ss));
-      if (!(norm > 0.f) || !isfinite(norm)) continue;  // warp-uniform
-      const float inv = 1.f / norm;
-      uint16_t* out = a.cent +
-                      (static_cast<int64_t>(p) * a.num_clusters + c0 + j) * D +
-                      lane * EPL;
+      for (int u = 0; u < B; ++u) {
 #pragma unroll
-      for (int q = 0; q < EPL; ++q) out[q] = HalfBits(s[q] * inv);
+        for (int q = 0; q < EPL; ++q) s[q] += x[u][q] - m[q];
+      }
     }
-  };
-  if (RawLaneAligned<EPL>(keys, prob.row_stride)) {
-    sums(std::true_type{});
-  } else {
-    sums(std::false_type{});
+    for (; i < e; ++i) {
+      float x[EPL];
+      LoadLane<EPL>(keys + static_cast<int64_t>(members[i]) * prob.row_stride,
+                    lane, x);
+#pragma unroll
+      for (int q = 0; q < EPL; ++q) s[q] += x[q] - m[q];
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int q = 0; q < EPL; ++q) ss += s[q] * s[q];
+    const float norm = sqrtf(WarpSum(ss));
+    if (!(norm > 0.f) || !isfinite(norm)) continue;  // warp-uniform
+    const float inv = 1.f / norm;
+    uint16_t* out = a.cent +
+                    (static_cast<int64_t>(p) * a.num_clusters + c0 + j) * D +
+                    lane * EPL;
+#pragma unroll
+    for (int q = 0; q < EPL; ++q) out[q] = HalfBits(s[q] * inv);
   }
 }
 

@@ -41,7 +41,7 @@ constexpr int kAssignRows = 128;
 constexpr int kMeanChunkRows = 512;
 // Fused in-segment update: clusters per block, and the longest segment it
 // takes (its counting sort lives in shared memory, 4 bytes per token).
-constexpr int kFusedClusters = 32;
+constexpr int kFusedClusters = 64;
 constexpr uint32_t kFusedMaxSegmentRows = 32768;
 
 // Scoring kernels: mma.sync (sm_80 and up) or wgmma (sm_90a builds on a
