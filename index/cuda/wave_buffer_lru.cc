@@ -309,7 +309,8 @@ void WaveBufferLru::StepRow(int row, const int32_t* ids, int num_selected,
 
   // The clusters the misses will evict are the oldest live queue entries:
   // prefetch their cells (written when evicted) for as many slots as the
-  // misses lack.
+  // misses lack; walking their slot chains here also brings in what Evict
+  // reads (measured: both halves matter at 1M x 32 rows).
   int64_t lacking = -int64_t{r.num_free};
   for (const Miss& m : misses) lacking += Pieces(m.size);
   for (int32_t p = r.front; lacking > 0 && p < r.step_begin; ++p) {
