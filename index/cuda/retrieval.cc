@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace wavekv::cuda {
 namespace {
@@ -91,18 +92,43 @@ absl::Status Validate(const RetrievalArgs& a) {
   return absl::OkStatus();
 }
 
+absl::Status CudaStatus(const char* what, int err) {
+  if (err == 0) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(
+      what, ": ", cudaGetErrorString(static_cast<cudaError_t>(err))));
+}
+
 }  // namespace
 
 absl::Status LaunchRetrieval(const RetrievalArgs& args, cudaStream_t stream) {
   if (absl::Status s = Validate(args); !s.ok()) return s;
   if (args.num_problems == 0) return absl::OkStatus();
-  const int err = LaunchRetrievalRaw(args, stream);
-  if (err != 0) {
-    return absl::InternalError(
-        absl::StrCat("retrieval launch: ",
-                     cudaGetErrorString(static_cast<cudaError_t>(err))));
+  return CudaStatus("retrieval launch", LaunchRetrievalRaw(args, stream));
+}
+
+absl::Status LaunchRetrieval(const RetrievalArgs& args, cudaStream_t stream,
+                             const RetrievalTailFork& fork) {
+  if (fork.tail_stream == nullptr) {
+    return absl::InvalidArgumentError("fork.tail_stream: null");
   }
-  return absl::OkStatus();
+  if (fork.selected == nullptr || fork.tail_done == nullptr) {
+    return absl::InvalidArgumentError("fork.selected/tail_done: null");
+  }
+  if (absl::Status s = Validate(args); !s.ok()) return s;
+  if (args.num_problems > 0) {
+    RETURN_IF_ERROR(
+        CudaStatus("retrieval launch", LaunchRetrievalSelectRaw(args, stream)));
+  }
+  RETURN_IF_ERROR(
+      CudaStatus("retrieval fork", cudaEventRecord(fork.selected, stream)));
+  RETURN_IF_ERROR(CudaStatus(
+      "retrieval fork", cudaStreamWaitEvent(fork.tail_stream, fork.selected)));
+  if (args.num_problems > 0) {
+    RETURN_IF_ERROR(CudaStatus("retrieval tail launch",
+                               LaunchRetrievalTailRaw(args, fork.tail_stream)));
+  }
+  return CudaStatus("retrieval join",
+                    cudaEventRecord(fork.tail_done, fork.tail_stream));
 }
 
 }  // namespace wavekv::cuda

@@ -41,6 +41,8 @@
 #include "absl/status/status.h"
 #include "index/cuda/retrieval_raw.h"
 
+typedef struct CUevent_st* cudaEvent_t;  // as in cuda_runtime.h
+
 namespace wavekv::cuda {
 
 // Enqueues scoring, selection and tail kernels for every problem on
@@ -49,6 +51,26 @@ namespace wavekv::cuda {
 // or misaligned workspace; Internal with the CUDA error string on a launch
 // failure. num_problems == 0 does nothing.
 absl::Status LaunchRetrieval(const RetrievalArgs& args, cudaStream_t stream);
+
+// Runs the tail estimation (step 3) on a second stream, so that the caller
+// can overlap it with the exact attention over the retrieval zone, which
+// needs only the selection. All three handles are the caller's (events
+// created with cudaEventDisableTiming; graph capture turns them into a fork
+// and a join).
+struct RetrievalTailFork {
+  cudaStream_t tail_stream = nullptr;
+  // Recorded on `stream` once the selection is enqueued; tail_stream waits.
+  cudaEvent_t selected = nullptr;
+  // Recorded on tail_stream after the tail: wait on it before reading
+  // out_estimation or the tail partials (out_max, out_den, out_num).
+  cudaEvent_t tail_done = nullptr;
+};
+
+// As above, with the tail on `fork.tail_stream`: on return, work enqueued on
+// `stream` sees out_retrieval and out_counts; the rest is complete at
+// `fork.tail_done`. InvalidArgument naming the field if a handle is null.
+absl::Status LaunchRetrieval(const RetrievalArgs& args, cudaStream_t stream,
+                             const RetrievalTailFork& fork);
 
 }  // namespace wavekv::cuda
 

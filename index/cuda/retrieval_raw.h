@@ -84,6 +84,12 @@ size_t RetrievalWorkspaceBytes(uint32_t num_clusters, int group_size,
 // returns a cudaError_t value (0 = ok).
 // REQUIRES: args validated by LaunchRetrieval (retrieval.h).
 int LaunchRetrievalRaw(const RetrievalArgs& args, cudaStream_t stream);
+// The same in two parts: scoring + selection (out_retrieval, out_counts and
+// the padding of out_estimation are complete after it), then the tail
+// estimation (out_estimation's ids and the partials), which must be
+// enqueued after the first part has completed (same stream or an event).
+int LaunchRetrievalSelectRaw(const RetrievalArgs& args, cudaStream_t stream);
+int LaunchRetrievalTailRaw(const RetrievalArgs& args, cudaStream_t stream);
 
 }  // namespace wavekv::cuda
 

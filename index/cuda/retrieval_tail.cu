@@ -337,16 +337,29 @@ size_t RetrievalWorkspaceBytes(uint32_t num_clusters, int group_size,
   return retrieval::MakeLayout(num_clusters, group_size, head_dim).total;
 }
 
-int LaunchRetrievalRaw(const RetrievalArgs& args, cudaStream_t stream) {
-  uint32_t max_k = 0, max_r = 0;
+namespace {
+
+uint32_t MaxClusters(const RetrievalArgs& args) {
+  uint32_t max_k = 0;
+  for (int i = 0; i < args.num_problems; ++i) {
+    const uint32_t k = args.problems[i].num_clusters;
+    max_k = max_k > k ? max_k : k;
+  }
+  return max_k;
+}
+
+}  // namespace
+
+int LaunchRetrievalSelectRaw(const RetrievalArgs& args, cudaStream_t stream) {
+  uint32_t max_r = 0;
   for (int i = 0; i < args.num_problems; ++i) {
     const RetrievalProblem& p = args.problems[i];
-    max_k = max_k > p.num_clusters ? max_k : p.num_clusters;
     const uint32_t r = p.retrieval_clusters < p.num_clusters
                            ? p.retrieval_clusters
                            : p.num_clusters;
     max_r = max_r > r ? max_r : r;
   }
+  const uint32_t max_k = MaxClusters(args);
   if (int err = retrieval::LaunchLogits(args, max_k, stream); err != 0) {
     return err;
   }
@@ -360,11 +373,16 @@ int LaunchRetrievalRaw(const RetrievalArgs& args, cudaStream_t stream) {
       return err;
     }
   }
-  if (int err = retrieval::LaunchSelect(args, max_r, classify, stream);
-      err != 0) {
-    return err;
-  }
-  return retrieval::LaunchTail(args, max_k, stream);
+  return retrieval::LaunchSelect(args, max_r, classify, stream);
+}
+
+int LaunchRetrievalTailRaw(const RetrievalArgs& args, cudaStream_t stream) {
+  return retrieval::LaunchTail(args, MaxClusters(args), stream);
+}
+
+int LaunchRetrievalRaw(const RetrievalArgs& args, cudaStream_t stream) {
+  if (int err = LaunchRetrievalSelectRaw(args, stream); err != 0) return err;
+  return LaunchRetrievalTailRaw(args, stream);
 }
 
 }  // namespace wavekv::cuda

@@ -18,6 +18,7 @@
 #include <random>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "index/attention.h"
 #include "index/cuda/decode_attention.h"
 #include "index/dtype.h"
@@ -177,6 +178,22 @@ void RunAndCheck(const Case& c, const std::vector<Spec>& specs,
   a.scale = scale;
   a.problems = ps.data();
   a.device_problems = dev_ps;
+  cudaStream_t main_stream = nullptr;
+  RetrievalTailFork fork;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&main_stream, cudaStreamNonBlocking),
+            cudaSuccess);
+  ASSERT_EQ(cudaStreamCreateWithFlags(&fork.tail_stream, cudaStreamNonBlocking),
+            cudaSuccess);
+  ASSERT_EQ(cudaEventCreateWithFlags(&fork.selected, cudaEventDisableTiming),
+            cudaSuccess);
+  ASSERT_EQ(cudaEventCreateWithFlags(&fork.tail_done, cudaEventDisableTiming),
+            cudaSuccess);
+  absl::Cleanup release = [&] {
+    cudaEventDestroy(fork.tail_done);
+    cudaEventDestroy(fork.selected);
+    cudaStreamDestroy(fork.tail_stream);
+    cudaStreamDestroy(main_stream);
+  };
   for (int n : subsets) {
     SCOPED_TRACE(testing::Message() << "first " << n << " problems");
     a.num_problems = n;
@@ -189,7 +206,13 @@ void RunAndCheck(const Case& c, const std::vector<Spec>& specs,
         cudaMemset(ps[i].out_den, 0x7f, g * 4);
         cudaMemset(ps[i].out_counts, 0x7f, 8);
       }
-      ASSERT_TRUE(LaunchRetrieval(a, nullptr).ok());
+      if (call == 0) {
+        ASSERT_TRUE(LaunchRetrieval(a, nullptr).ok());
+      } else {  // the second call with the tail on its own stream
+        ASSERT_TRUE(LaunchRetrieval(a, main_stream, fork).ok());
+        ASSERT_EQ(cudaStreamWaitEvent(main_stream, fork.tail_done),
+                  cudaSuccess);
+      }
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     }
     CheckProblems(ps, n, specs, g, d, scale);
@@ -438,6 +461,13 @@ TEST(RetrievalValidationTest, RejectsBadArguments) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field;
     EXPECT_NE(s.message().find(field), std::string::npos) << s;
   };
+  RetrievalTailFork fork;
+  absl::Status s = LaunchRetrieval(ok, nullptr, fork);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("fork.tail_stream"), std::string::npos) << s;
+  fork.tail_stream = reinterpret_cast<cudaStream_t>(fake);
+  s = LaunchRetrieval(ok, nullptr, fork);
+  EXPECT_NE(s.message().find("fork.selected"), std::string::npos) << s;
   RetrievalArgs a = ok;
   a.head_dim = 96;
   expect_bad(a, "head_dim");
