@@ -57,12 +57,12 @@ struct WaveBufferOptions {
   // admission copy reads the host store again.
   bool stage_misses = true;
   // Most CPU threads for one Update, 1..kMaxAdmitSegments (at most one per
-  // row and one per 2048 ids selected per step). Started once, at Create;
-  // they sleep between Updates.
+  // row and one per update_ids_per_thread ids selected per step). Started once,
+  // at Create; they sleep between Updates.
   int update_threads = 8;
   // Selected ids (rows x max_selected) per Update thread, >= 1: fewer threads
   // when a step selects less (waking a thread costs more than a few rows).
-  int update_ids_per_thread = 2048;
+  int update_ids_per_thread = 1024;
 
   absl::Status Validate() const;
 };
