@@ -3,13 +3,14 @@
 //
 // Split kernel: grid (num_splits, num_rows); a block serves the whole GQA
 // group of one row, so every K/V byte is read once. A row's tokens are cut
-// into tiles of 16 KiB of keys + 16 KiB of values; split s takes tiles s,
-// s + num_splits, s + 2 * num_splits, ... (interleaved, so a run of costly
-// pages — e.g. the wave buffer's misses, which cluster at the low-ranked end
-// of a selection and are read from host memory — is spread over all splits
-// instead of landing on the last few). Tiles are staged through shared
-// memory two deep with cp.async (16-byte copies that need no registers, so
-// many bytes are in flight per thread).
+// into tiles of 16 KiB of keys + 16 KiB of values. Rows of several pages:
+// split s takes tiles s, s + num_splits, s + 2 * num_splits, ...
+// (interleaved, so a run of costly pages — e.g. the wave buffer's misses,
+// which cluster at the low-ranked end of a selection and are read from host
+// memory — is spread over all splits instead of landing on the last few).
+// Rows of one page (full attention): one contiguous range per split. Tiles
+// are staged through shared memory two deep with cp.async (16-byte copies
+// that need no registers, so many bytes are in flight per thread).
 //
 // Page lookup: before a tile's copies the block finds the page holding its
 // first token with a block-wide search (each level: one sampled load per
@@ -95,30 +96,12 @@ struct Shape {
   static constexpr int kTokPerThread = kTileTokens / kTokGroups;
   static_assert(kPasses * kTokPerPass == kTileTokens, "tile shape");
   static_assert(kTokPerThread % 4 == 0, "tile shape");
-  static_assert(kTokGroups * (D + 2) * 4 <= kSmemBytes, "reduction space");
-};
-
-// Forward-only position in a row's page table in global memory (the
-// fallback past the shared-memory window).
-struct Cursor {
-  int p;     // current page index (absolute)
-  int last;  // last page index of the row
-  int64_t first;
-  int64_t end;  // first + num_tokens
-
-  __device__ __forceinline__ void Advance(const KvPage* pages, int64_t tok) {
-    while (tok >= end && p < last) {
-      ++p;
-      first = pages[p].first_token;
-      end = first + pages[p].num_tokens;
-    }
-  }
 };
 
 // G: q heads per row this instantiation holds (>= the real group).
 template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads)
-    PagedSplitKernel(PagedAttentionArgs a, int num_splits) {
+    PagedSplitKernel(PagedAttentionArgs a, int num_splits, int chunk_tiles) {
   using S = Shape<T, D>;
   constexpr int TT = S::kTileTokens;
   constexpr int U = G <= 4 ? 4 : 2;  // tokens folded into the softmax at once
@@ -188,34 +171,60 @@ __global__ void __launch_bounds__(kThreads)
             s_win[w_n - 1].num_tokens;
   };
 
-  // The first tile's page search goes out together with the load of the
-  // row's last page (the row's length): one round trip fewer before the
-  // first copies. A split past the row's end wastes only that search.
-  locate(static_cast<int64_t>(split) * TT, static_cast<int64_t>(split) * TT);
+  // Interleaved: the first tile's page search goes out together with the
+  // load of the row's last page (the row's length), one round trip fewer
+  // before the first copies (a split past the row's end wastes only that
+  // search).
+  if (chunk_tiles > 0) {
+    const int64_t x = static_cast<int64_t>(split) * chunk_tiles * TT;
+    locate(x, x);
+  }
   const int64_t total = static_cast<int64_t>(last_first) + last_n;
   const int64_t row_tiles = (total + TT - 1) / TT;
-  const int my_tiles =
-      split < row_tiles
-          ? static_cast<int>((row_tiles - split + num_splits - 1) / num_splits)
-          : 0;
+  // Split s takes chunks s, s + num_splits, ... of g consecutive tiles.
+  const int g =
+      chunk_tiles > 0
+          ? chunk_tiles
+          : static_cast<int>(
+                max(int64_t{1}, (row_tiles + num_splits - 1) / num_splits));
+  const int64_t span = static_cast<int64_t>(g) * num_splits;
+  const int my_tiles = static_cast<int>(
+      row_tiles / span * g +
+      min(int64_t{g},
+          max(int64_t{0}, row_tiles % span - static_cast<int64_t>(split) * g)));
 
   // Bit (buf * kPasses + pass): this thread's chunk of that pass of the
   // tile in buffer `buf` goes to the staging area too.
   unsigned stage_mask = 0;
   char* const stage_base = static_cast<char*>(a.stage);
   const bool staging = stage_base != nullptr;
-  auto tile_first = [&](int i) {
-    return static_cast<int64_t>(split + i * num_splits) * TT;
-  };
+  // The block's next tile (walked in order, no divisions) and the first
+  // token of the tile in each buffer.
+  int next_tile = split * g, next_within = 0;
+  int64_t buf_start0 = 0, buf_start1 = 0;
+  static_assert(kStages == 2, "two tile buffers");
 
-  auto issue = [&](int i, int buf) {
+  // Enqueues the copies of the block's next tile into buffer `buf`.
+  auto issue = [&](int buf) {
     char* sk = smem + buf * 2 * kTileBytes;
     char* sv = sk + kTileBytes;
-    const int64_t tile_start = tile_first(i);
+    const int64_t tile_start = static_cast<int64_t>(next_tile) * TT;
+    if (++next_within == g) {
+      next_within = 0;
+      next_tile += (num_splits - 1) * g + 1;
+    } else {
+      ++next_tile;
+    }
+    if (buf == 0) {
+      buf_start0 = tile_start;
+    } else {
+      buf_start1 = tile_start;
+    }
     const int64_t tile_end = min(total, tile_start + TT);
     locate(tile_start, tile_end);
     stage_mask &= ~(((1u << S::kPasses) - 1) << (buf * S::kPasses));
-    // This thread's first token of the tile, then a forward cursor.
+    // This thread's first token of the tile, then a forward cursor whose
+    // page lives in registers (reloaded only when a token leaves it).
     int wp = 0;
     {
       const int64_t t0 = tile_start + copy_tok;
@@ -230,8 +239,19 @@ __global__ void __launch_bounds__(kThreads)
       }
       wp = lo;
     }
-    Cursor gc;  // past the window (rare): global page table
-    gc.p = -1;
+    int gp = -1;  // page index once past the window (rare)
+    int64_t first, pend;
+    int slot_list, stage;
+    const char *keys, *values;
+    auto load_page = [&](const KvPage& pg) {
+      first = pg.first_token;
+      pend = first + pg.num_tokens;
+      slot_list = pg.slot_list;
+      stage = pg.stage;
+      keys = static_cast<const char*>(pg.keys);
+      values = static_cast<const char*>(pg.values);
+    };
+    load_page(s_win[wp]);
 #pragma unroll
     for (int pass = 0; pass < S::kPasses; ++pass) {
       const int tt = pass * S::kTokPerPass + copy_tok;
@@ -239,35 +259,22 @@ __global__ void __launch_bounds__(kThreads)
       char* dk = sk + tt * S::kRowBytes + copy_off;
       char* dv = sv + tt * S::kRowBytes + copy_off;
       if (tok < tile_end) {
-        int64_t first;
-        int slot_list, stage;
-        const char *keys, *values;
-        if (tok < w_end) {
-          while (tok >= static_cast<int64_t>(s_win[wp].first_token) +
-                            s_win[wp].num_tokens &&
-                 wp < w_n - 1) {
-            ++wp;
+        if (tok >= pend) {
+          if (tok < w_end) {
+            // A later window page holds it (the last one ends at w_end).
+            do {
+              ++wp;
+            } while (tok >= static_cast<int64_t>(s_win[wp].first_token) +
+                                s_win[wp].num_tokens);
+            load_page(s_win[wp]);
+          } else {
+            int p = gp >= 0 ? gp : w_lo + w_n - 1;
+            do {
+              ++p;
+              load_page(pages[p]);
+            } while (tok >= pend && p < last);
+            gp = p;
           }
-          const KvPage& pg = s_win[wp];
-          first = pg.first_token;
-          slot_list = pg.slot_list;
-          stage = pg.stage;
-          keys = static_cast<const char*>(pg.keys);
-          values = static_cast<const char*>(pg.values);
-        } else {
-          if (gc.p < 0) {
-            gc.p = w_lo + w_n - 1;
-            gc.last = last;
-            gc.first = s_win[w_n - 1].first_token;
-            gc.end = w_end;
-          }
-          gc.Advance(pages, tok);
-          const KvPage& pg = pages[gc.p];
-          first = gc.first;
-          slot_list = pg.slot_list;
-          stage = pg.stage;
-          keys = static_cast<const char*>(pg.keys);
-          values = static_cast<const char*>(pg.values);
         }
         const int64_t local = tok - first;
         const char *kp, *vp;
@@ -294,14 +301,14 @@ __global__ void __launch_bounds__(kThreads)
     CpAsyncCommit();
   };
 
-  // Copies this thread's staged chunks of tile i in buffer `buf` (already
+  // Copies this thread's staged chunks of the tile in buffer `buf` (already
   // landed in shared memory) to the staging area.
-  auto stage_out = [&](int i, int buf) {
+  auto stage_out = [&](int buf) {
     const unsigned m = stage_mask >> (buf * S::kPasses);
     if ((m & ((1u << S::kPasses) - 1)) == 0) return;
     const char* sk = smem + buf * 2 * kTileBytes;
     const char* sv = sk + kTileBytes;
-    const int64_t tile_start = tile_first(i);
+    const int64_t tile_start = buf == 0 ? buf_start0 : buf_start1;
     for (int pass = 0; pass < S::kPasses; ++pass) {
       if (!(m & (1u << pass))) continue;
       const int tt = pass * S::kTokPerPass + copy_tok;
@@ -327,20 +334,22 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < 8; ++i) acc[h][i] = 0.f;
   }
 
-  if (my_tiles > 0) issue(0, 0);
+  if (my_tiles > 0) issue(0);
   for (int i = 0; i < my_tiles; ++i) {
+    const int buf = i & 1;
     if (i + 1 < my_tiles) {
-      issue(i + 1, (i + 1) % kStages);
+      issue(buf ^ 1);
       CpAsyncWait<1>();
     } else {
       CpAsyncWait<0>();
     }
     __syncthreads();
-    if (staging) stage_out(i, i % kStages);
-    const char* sk = smem + (i % kStages) * 2 * kTileBytes;
+    if (staging) stage_out(buf);
+    const char* sk = smem + buf * 2 * kTileBytes;
     const char* sv = sk + kTileBytes;
+    const int64_t tile_start = buf == 0 ? buf_start0 : buf_start1;
     const int valid_n =
-        static_cast<int>(min(static_cast<int64_t>(TT), total - tile_first(i)));
+        static_cast<int>(min(static_cast<int64_t>(TT), total - tile_start));
 #pragma unroll
     for (int j = 0; j < S::kTokPerThread; j += U) {
       float s[U][G];
@@ -399,42 +408,47 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // the stage is refilled by the next iteration's issue
   }
 
-  // Block reduction across token groups, one q head at a time, in the tile
+  // Block reduction across token groups, all q heads at once, in the tile
   // buffers (no copies are in flight any more).
-  float* s_m = reinterpret_cast<float*>(smem);
-  float* s_l = s_m + S::kTokGroups;
-  float* s_acc = s_l + S::kTokGroups;  // [kTokGroups][D]
+  static_assert(G * S::kTokGroups * (D + 2) * 4 <= kSmemBytes, "reduction");
+  float* s_m = reinterpret_cast<float*>(smem);  // [G][kTokGroups]
+  float* s_l = s_m + G * S::kTokGroups;
+  float* s_acc = s_l + G * S::kTokGroups;  // [G][kTokGroups][D]
 #pragma unroll
   for (int h = 0; h < G; ++h) {
     if (h >= group) break;  // uniform across the block
     if (lane == 0) {
-      s_m[tg] = m[h];
-      s_l[tg] = l[h];
+      s_m[h * S::kTokGroups + tg] = m[h];
+      s_l[h * S::kTokGroups + tg] = l[h];
     }
-#pragma unroll
-    for (int e = 0; e < 8; ++e) s_acc[tg * D + lane * 8 + e] = acc[h][e];
-    __syncthreads();
+    float4* dst = reinterpret_cast<float4*>(
+        s_acc + (h * S::kTokGroups + tg) * D + lane * 8);
+    dst[0] = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
+    dst[1] = make_float4(acc[h][4], acc[h][5], acc[h][6], acc[h][7]);
+  }
+  __syncthreads();
+  for (int o = tid; o < group * D; o += kThreads) {
+    const int h = o / D, d = o % D;
+    const float* hm = s_m + h * S::kTokGroups;
+    const float* hl = s_l + h * S::kTokGroups;
+    float mm = -FLT_MAX;
+    for (int g2 = 0; g2 < S::kTokGroups; ++g2) {
+      if (hl[g2] > 0.f) mm = fmaxf(mm, hm[g2]);
+    }
+    float den = 0.f, num = 0.f;
+    for (int g2 = 0; g2 < S::kTokGroups; ++g2) {
+      if (hl[g2] == 0.f) continue;
+      const float w = __expf(hm[g2] - mm);
+      den += hl[g2] * w;
+      num += s_acc[(h * S::kTokGroups + g2) * D + d] * w;
+    }
     float* slot =
         SplitPartial(a.split_scratch, D, row * group + h, split, a.max_splits);
-    for (int d = tid; d < D; d += kThreads) {
-      float mm = -FLT_MAX;
-      for (int g = 0; g < S::kTokGroups; ++g) {
-        if (s_l[g] > 0.f) mm = fmaxf(mm, s_m[g]);
-      }
-      float den = 0.f, num = 0.f;
-      for (int g = 0; g < S::kTokGroups; ++g) {
-        if (s_l[g] == 0.f) continue;
-        const float w = __expf(s_m[g] - mm);
-        den += s_l[g] * w;
-        num += s_acc[g * D + d] * w;
-      }
-      slot[2 + d] = num;
-      if (d == 0) {
-        slot[0] = den > 0.f ? mm : -INFINITY;
-        slot[1] = den;
-      }
+    slot[2 + d] = num;
+    if (d == 0) {
+      slot[0] = den > 0.f ? mm : -INFINITY;
+      slot[1] = den;
     }
-    __syncthreads();
   }
 }
 
@@ -486,6 +500,18 @@ cudaError_t LaunchDependent(void (*kernel)(Params...), dim3 grid, dim3 block,
   return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
+// Tiles per chunk of the split assignment: 1 (interleaved) for paged rows,
+// 0 (one contiguous range per split) for rows of one run, where nothing can
+// be unbalanced. WAVEKV_PAGED_CHUNK_TILES=N overrides (diagnostics).
+int ChunkTiles(const PagedAttentionArgs& a) {
+  static const int forced = [] {
+    const char* v = std::getenv("WAVEKV_PAGED_CHUNK_TILES");
+    return v != nullptr && v[0] != '\0' ? std::atoi(v) : -1;
+  }();
+  if (forced >= 0) return forced;
+  return a.pages_per_row == 1 ? 0 : 1;
+}
+
 template <typename T, int D, int G>
 cudaError_t PrepareSplit() {
   static const cudaError_t attr = cudaFuncSetAttribute(
@@ -533,9 +559,9 @@ int LaunchSplit(const PagedAttentionArgs& a, int num_splits,
   if (cudaError_t e = PrepareSplit<T, D, G>(); e != cudaSuccess) {
     return static_cast<int>(e);
   }
-  return static_cast<int>(
-      LaunchDependent(PagedSplitKernel<T, D, G>, dim3(num_splits, a.num_rows),
-                      dim3(kThreads), kSmemBytes, stream, a, num_splits));
+  return static_cast<int>(LaunchDependent(
+      PagedSplitKernel<T, D, G>, dim3(num_splits, a.num_rows), dim3(kThreads),
+      kSmemBytes, stream, a, num_splits, ChunkTiles(a)));
 }
 
 template <typename T, int D>
@@ -573,12 +599,12 @@ int LaunchTyped(const PagedAttentionArgs& a, int num_splits,
 }
 
 // Page-table build: one block per row; kPagesItems consecutive selected
-// ids per thread, so up to kPagesThreads * kPagesItems ids cost one round
-// of independent loads (ids, then sizes / offsets / slot lists) and one
-// block scan.
-constexpr int kPagesThreads = 512;
-constexpr int kPagesItems = 4;
+// ids per thread (the smallest of 1, 2, 4, 8 that covers the selection),
+// so up to 2048 ids cost one round of independent loads (ids, then sizes /
+// offsets / slot lists) and one block scan.
+constexpr int kPagesThreads = 256;
 
+template <int kPagesItems>
 __global__ void __launch_bounds__(kPagesThreads)
     ClusterPagesKernel(ClusterPagesArgs a, int elem_bytes) {
   using Scan = cub::BlockScan<int, kPagesThreads>;
@@ -691,9 +717,22 @@ int PagedSplitBlocksPerSm(const PagedAttentionArgs& args) {
 
 int LaunchClusterPagesRaw(const ClusterPagesArgs& args, cudaStream_t stream) {
   const int elem = args.dtype == ElemType::kFp32 ? 4 : 2;
-  return static_cast<int>(
-      LaunchDependent(ClusterPagesKernel, dim3(args.num_rows),
-                      dim3(kPagesThreads), 0, stream, args, elem));
+  const dim3 grid(args.num_rows), block(kPagesThreads);
+  cudaError_t e;
+  if (args.num_selected <= kPagesThreads) {
+    e = LaunchDependent(ClusterPagesKernel<1>, grid, block, 0, stream, args,
+                        elem);
+  } else if (args.num_selected <= 2 * kPagesThreads) {
+    e = LaunchDependent(ClusterPagesKernel<2>, grid, block, 0, stream, args,
+                        elem);
+  } else if (args.num_selected <= 4 * kPagesThreads) {
+    e = LaunchDependent(ClusterPagesKernel<4>, grid, block, 0, stream, args,
+                        elem);
+  } else {
+    e = LaunchDependent(ClusterPagesKernel<8>, grid, block, 0, stream, args,
+                        elem);
+  }
+  return static_cast<int>(e);
 }
 
 }  // namespace wavekv::cuda
