@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -115,7 +116,13 @@ int ChoosePagedSplits(const PagedAttentionArgs& a) {
   // sooner).
   const int64_t by_sm =
       std::max<int64_t>(1, int64_t{std::max(per_sm, 1)} * sms / a.num_rows);
-  const int64_t by_len = std::max<int64_t>(1, a.tokens_hint / tile_tokens);
+  // WAVEKV_PAGED_MIN_TILES=N: at least N tiles per split (diagnostics).
+  static const int64_t min_tiles = [] {
+    const char* v = std::getenv("WAVEKV_PAGED_MIN_TILES");
+    return v != nullptr ? std::max(1, std::atoi(v)) : 1;
+  }();
+  const int64_t by_len =
+      std::max<int64_t>(1, a.tokens_hint / (min_tiles * tile_tokens));
   return static_cast<int>(
       std::min<int64_t>({by_sm, by_len, int64_t{a.max_splits}}));
 }
