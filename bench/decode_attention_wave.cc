@@ -193,13 +193,20 @@ std::unique_ptr<WaveLayer> MakeWaveLayer(const Layout& l, const void* store,
 }
 
 void EnqueueWave(WaveLayer& w, cudaStream_t s, cudaEvent_t* ev) {
-  if (ev) CK(cudaEventRecord(ev[0], s));
+  if (ev == nullptr) {
+    CKS(cuda::LaunchRetrieval(w.retrieval, s, w.fork));
+    CKS(cuda::LaunchClusterPages(w.pages_args, s));
+    CK(cudaStreamWaitEvent(s, w.fork.tail_done));
+    CKS(cuda::LaunchPagedAttention(w.attn, s));
+    return;
+  }
+  CK(cudaEventRecord(ev[0], s));
   CKS(cuda::LaunchRetrieval(w.retrieval, s));
-  if (ev) CK(cudaEventRecord(ev[1], s));
+  CK(cudaEventRecord(ev[1], s));
   CKS(cuda::LaunchClusterPages(w.pages_args, s));
-  if (ev) CK(cudaEventRecord(ev[2], s));
+  CK(cudaEventRecord(ev[2], s));
   CKS(cuda::LaunchPagedAttention(w.attn, s));
-  if (ev) CK(cudaEventRecord(ev[3], s));
+  CK(cudaEventRecord(ev[3], s));
 }
 
 bool Capture(WaveLayer& w, cudaStream_t s) {

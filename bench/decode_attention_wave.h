@@ -134,13 +134,26 @@ struct WaveLayer {
   ClusterPagesArgs pages_args;
   PagedAttentionArgs attn;
   std::unique_ptr<cuda::WaveBuffer> buffer;  // (c) only
+  // The tail estimation's stream and fork/join events (EnqueueWave without
+  // stage events runs the tail beside the page build and attention).
+  cuda::RetrievalTailFork fork;
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
 
+  WaveLayer() {
+    CK(cudaStreamCreateWithFlags(&fork.tail_stream, cudaStreamNonBlocking));
+    CK(cudaEventCreateWithFlags(&fork.selected, cudaEventDisableTiming));
+    CK(cudaEventCreateWithFlags(&fork.tail_done, cudaEventDisableTiming));
+  }
   ~WaveLayer() {
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
+    cudaEventDestroy(fork.tail_done);
+    cudaEventDestroy(fork.selected);
+    cudaStreamDestroy(fork.tail_stream);
   }
+  WaveLayer(const WaveLayer&) = delete;
+  WaveLayer& operator=(const WaveLayer&) = delete;
 };
 
 // store: [rows][row_elems] fp16 (device or mapped host). buffer_fraction > 0
@@ -149,7 +162,10 @@ std::unique_ptr<WaveLayer> MakeWaveLayer(const Layout& l, const void* store,
                                          double buffer_fraction, bool stage,
                                          uint64_t seed);
 
-// Enqueues one layer's step; with `ev` (4 events) records stage bounds.
+// Enqueues one layer's step. Without `ev` the tail estimation runs on the
+// layer's tail stream beside the page build and the split attention and is
+// joined before the merge; with `ev` (4 events) everything runs in order on
+// `s` and the events record the stage bounds.
 void EnqueueWave(WaveLayer& w, cudaStream_t s, cudaEvent_t* ev = nullptr);
 
 // Captures EnqueueWave into w.graph / w.exec; false if capture failed.
