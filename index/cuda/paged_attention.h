@@ -14,6 +14,13 @@
 // the union of the pages' tokens, MergeInto with the tail, Finalize) within
 // float rounding (paged_attention_test.cc states the tolerances).
 //
+// Launches: on sm_90 and later the page-table, split and merge kernels go
+// out with programmatic dependent launch on streams other than the legacy
+// default stream: each lets the next kernel's blocks be scheduled early and
+// waits for the previous kernel to finish before it touches memory, so the
+// launch gaps are hidden (in CUDA graphs too). Callers see ordinary stream
+// order. WAVEKV_PAGED_NO_PDL=1 in the environment turns it off.
+//
 // Thread-safety: the launchers are stateless; calls on different streams may
 // run concurrently. Buffers must not be shared between in-flight calls.
 #ifndef WAVEKV_INDEX_CUDA_PAGED_ATTENTION_H_
@@ -37,8 +44,9 @@ absl::Status LaunchPagedAttention(const PagedAttentionArgs& args,
 absl::Status LaunchClusterPages(const ClusterPagesArgs& args,
                                 cudaStream_t stream);
 
-// The split count LaunchPagedAttention uses for num_splits == 0: enough
-// blocks for a few waves over the GPU's SMs, at least one tile per split.
+// The split count LaunchPagedAttention uses for num_splits == 0: one full
+// wave of resident blocks over the GPU's SMs, at least one tile (16 KiB of
+// keys) per split by tokens_hint.
 // Negative cudaError_t value if the device cannot be queried.
 int ChoosePagedSplits(const PagedAttentionArgs& args);
 
