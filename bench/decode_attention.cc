@@ -25,7 +25,7 @@
 //
 // Usage: decode_attention [--contexts=32768,...] [--batches=1,4,16]
 //   [--modes=abcde] [--layers=4] [--walks=0.05,0.2] [--iters=30]
-//   [--max_host_gib=34]
+//   [--max_host_gib=34] [--serial_tail=1]
 #include "index/cuda/decode_attention.h"
 
 #include <cuda_runtime.h>
@@ -58,6 +58,9 @@ struct Flags {
   std::vector<double> no_stage_walks;
   int iters = 30;
   double max_host_gib = 34;
+  // Run the tail estimation in order with the attention instead of on its
+  // own stream (to measure what the overlap gains).
+  bool serial_tail = false;
 };
 
 Flags ParseFlags(int argc, char** argv) {
@@ -91,6 +94,8 @@ Flags ParseFlags(int argc, char** argv) {
       f.iters = static_cast<int>(ints()[0]);
     } else if (name == "max_host_gib") {
       f.max_host_gib = static_cast<double>(ints()[0]);
+    } else if (name == "serial_tail") {
+      f.serial_tail = ints()[0] != 0;
     } else if (name == "no_stage_walks") {
       for (auto p : absl::StrSplit(value, ',')) {
         double x;
@@ -242,6 +247,7 @@ void RunGpuWave(const Flags& f, const Layout& l, Row& row, cudaStream_t s,
   Dev store(bytes);
   CKI(FillNormalHalf(store.get(), bytes / 2, 1.f, 21, s));
   auto w = MakeWaveLayer(l, store.get(), 0, false, 100);
+  w->fork_tail = !f.serial_tail;
   EnqueueWave(*w, s);  // warm up (function attributes, first launches)
   CK(cudaStreamSynchronize(s));
   const bool graph = Capture(*w, s);
@@ -282,6 +288,7 @@ void RunHost(const Flags& f, const Layout& l, Row& row, cudaStream_t s,
       for (int i = 0; i < f.layers; ++i) {
         layers.push_back(
             MakeWaveLayer(l, store.get(), 0.05, stage, 200 + 10 * i));
+        layers.back()->fork_tail = !f.serial_tail;
       }
       for (auto& w : layers) {
         CKS(w->buffer->WaitForAdmissions(s));

@@ -193,20 +193,21 @@ std::unique_ptr<WaveLayer> MakeWaveLayer(const Layout& l, const void* store,
 }
 
 void EnqueueWave(WaveLayer& w, cudaStream_t s, cudaEvent_t* ev) {
-  if (ev == nullptr) {
+  if (ev == nullptr && w.fork_tail) {
     CKS(cuda::LaunchRetrieval(w.retrieval, s, w.fork));
     CKS(cuda::LaunchClusterPages(w.pages_args, s));
-    CK(cudaStreamWaitEvent(s, w.fork.tail_done));
-    CKS(cuda::LaunchPagedAttention(w.attn, s));
+    PagedAttentionArgs a = w.attn;
+    a.tail_ready = w.fork.tail_done;  // the merge waits, the splits do not
+    CKS(cuda::LaunchPagedAttention(a, s));
     return;
   }
-  CK(cudaEventRecord(ev[0], s));
+  if (ev) CK(cudaEventRecord(ev[0], s));
   CKS(cuda::LaunchRetrieval(w.retrieval, s));
-  CK(cudaEventRecord(ev[1], s));
+  if (ev) CK(cudaEventRecord(ev[1], s));
   CKS(cuda::LaunchClusterPages(w.pages_args, s));
-  CK(cudaEventRecord(ev[2], s));
+  if (ev) CK(cudaEventRecord(ev[2], s));
   CKS(cuda::LaunchPagedAttention(w.attn, s));
-  CK(cudaEventRecord(ev[3], s));
+  if (ev) CK(cudaEventRecord(ev[3], s));
 }
 
 bool Capture(WaveLayer& w, cudaStream_t s) {

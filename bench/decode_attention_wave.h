@@ -137,6 +137,7 @@ struct WaveLayer {
   // The tail estimation's stream and fork/join events (EnqueueWave without
   // stage events runs the tail beside the page build and attention).
   cuda::RetrievalTailFork fork;
+  bool fork_tail = true;  // false: the whole step in order on one stream
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
 
@@ -164,8 +165,8 @@ std::unique_ptr<WaveLayer> MakeWaveLayer(const Layout& l, const void* store,
 
 // Enqueues one layer's step. Without `ev` the tail estimation runs on the
 // layer's tail stream beside the page build and the split attention and is
-// joined before the merge; with `ev` (4 events) everything runs in order on
-// `s` and the events record the stage bounds.
+// joined before the split merge; with `ev` (4 events) everything runs in order
+// on `s` and the events record the stage bounds.
 void EnqueueWave(WaveLayer& w, cudaStream_t s, cudaEvent_t* ev = nullptr);
 
 // Captures EnqueueWave into w.graph / w.exec; false if capture failed.

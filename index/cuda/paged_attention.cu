@@ -577,6 +577,12 @@ int Launch(const PagedAttentionArgs& a, int num_splits, cudaStream_t stream) {
     err = LaunchSplit<T, D, 8>(a, num_splits, stream);
   }
   if (err != 0) return err;
+  if (a.tail_ready != nullptr) {
+    if (cudaError_t e = cudaStreamWaitEvent(stream, a.tail_ready);
+        e != cudaSuccess) {
+      return static_cast<int>(e);
+    }
+  }
   constexpr int kMergeThreads = D < 128 ? D : 128;
   return static_cast<int>(
       LaunchDependent(PagedMergeKernel<D>, dim3(a.num_rows * a.group),

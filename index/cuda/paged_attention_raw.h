@@ -9,6 +9,8 @@
 
 #include "index/cuda/decode_attention_raw.h"  // ElemType, cudaStream_t
 
+typedef struct CUevent_st* cudaEvent_t;  // as in cuda_runtime.h
+
 namespace wavekv::cuda {
 
 // Tokens per wave-buffer slot. A slot holds the keys of up to kSlotTokens
@@ -73,6 +75,10 @@ struct PagedAttentionArgs {
   const float* tail_max = nullptr;
   const float* tail_den = nullptr;
   const float* tail_num = nullptr;
+  // Optional: the tail is complete at this event (e.g. RetrievalTailFork's
+  // tail_done). The launcher makes the stream wait on it after the split
+  // kernel, so the tail's producer on another stream overlaps the splits.
+  cudaEvent_t tail_ready = nullptr;
   // Outputs per q head: merged max logit, denominator, numerator [head_dim],
   // and the normalised output [head_dim] (0 where the denominator is 0).
   float* out_max = nullptr;

@@ -13,10 +13,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "index/attention.h"
@@ -362,9 +365,10 @@ TEST_P(PagedAttentionTest, ClustersSteadySlotsAndTailMatchCpu) {
   const double tol = c.dtype == DType::kFp32 ? 1e-5 : 2e-3;
   // Automatic split count, a few splits (several tiles each), the most
   // splits (many of them empty), then the page build and the automatic
-  // split count again as one captured CUDA graph.
+  // split count again as one captured CUDA graph, then a tail that another
+  // stream writes late (tail_ready: the merge must wait for it).
   cudaGraphExec_t exec = nullptr;
-  for (int run = 0; run < 4; ++run) {
+  for (int run = 0; run < 5; ++run) {
     const int splits = run == 1 ? 3 : run == 2 ? max_splits : 0;
     a.num_splits = splits;
     ASSERT_EQ(cudaMemset(out.get(), 0xFF, QH * d * 4), cudaSuccess);  // NaN
@@ -373,6 +377,44 @@ TEST_P(PagedAttentionTest, ClustersSteadySlotsAndTailMatchCpu) {
     if (run < 3) {
       absl::Status st = LaunchPagedAttention(a, stream);
       ASSERT_TRUE(st.ok()) << st;
+    } else if (run == 4) {
+      // NaN tails until the late copy lands.
+      ASSERT_EQ(cudaMemset(d_tmax->get(), 0xFF, tail_max.size() * 4),
+                cudaSuccess);
+      ASSERT_EQ(cudaMemset(d_tden->get(), 0xFF, tail_den.size() * 4),
+                cudaSuccess);
+      ASSERT_EQ(cudaMemset(d_tnum->get(), 0xFF, tail_num.size() * 4),
+                cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      cudaStream_t late;
+      cudaEvent_t ready;
+      ASSERT_EQ(cudaStreamCreateWithFlags(&late, cudaStreamNonBlocking),
+                cudaSuccess);
+      ASSERT_EQ(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming),
+                cudaSuccess);
+      ASSERT_EQ(
+          cudaLaunchHostFunc(
+              late,
+              [](void*) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(30));
+              },
+              nullptr),
+          cudaSuccess);
+      for (auto [dst, src] : {std::pair{d_tmax->get(), &tail_max},
+                              std::pair{d_tden->get(), &tail_den},
+                              std::pair{d_tnum->get(), &tail_num}}) {
+        ASSERT_EQ(cudaMemcpyAsync(dst, src->data(), src->size() * 4,
+                                  cudaMemcpyHostToDevice, late),
+                  cudaSuccess);
+      }
+      ASSERT_EQ(cudaEventRecord(ready, late), cudaSuccess);
+      PagedAttentionArgs waiting = a;
+      waiting.tail_ready = ready;
+      absl::Status st = LaunchPagedAttention(waiting, stream);
+      ASSERT_TRUE(st.ok()) << st;
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      cudaEventDestroy(ready);
+      cudaStreamDestroy(late);
     } else {
       ASSERT_EQ(cudaMemset(d_pages.get(), 0xFF, sizeof(KvPage) * R * (1 + S)),
                 cudaSuccess);
