@@ -25,7 +25,7 @@
 //
 // Usage: decode_attention [--contexts=32768,...] [--batches=1,4,16]
 //   [--modes=abcde] [--layers=4] [--walks=0.05,0.2] [--iters=30]
-//   [--max_host_gib=34] [--serial_tail=1]
+//   [--max_host_gib=34] [--serial_tail=1] [--update_threads=N]
 #include "index/cuda/decode_attention.h"
 
 #include <cuda_runtime.h>
@@ -61,6 +61,8 @@ struct Flags {
   // Run the tail estimation in order with the attention instead of on its
   // own stream (to measure what the overlap gains).
   bool serial_tail = false;
+  int update_threads =
+      0;  // (c): WaveBufferOptions::update_threads, 0 = default
 };
 
 Flags ParseFlags(int argc, char** argv) {
@@ -94,6 +96,8 @@ Flags ParseFlags(int argc, char** argv) {
       f.iters = static_cast<int>(ints()[0]);
     } else if (name == "max_host_gib") {
       f.max_host_gib = static_cast<double>(ints()[0]);
+    } else if (name == "update_threads") {
+      f.update_threads = static_cast<int>(ints()[0]);
     } else if (name == "serial_tail") {
       f.serial_tail = ints()[0] != 0;
     } else if (name == "no_stage_walks") {
@@ -286,8 +290,8 @@ void RunHost(const Flags& f, const Layout& l, Row& row, cudaStream_t s,
     for (const auto& [walk, stage] : runs) {
       std::vector<std::unique_ptr<WaveLayer>> layers;
       for (int i = 0; i < f.layers; ++i) {
-        layers.push_back(
-            MakeWaveLayer(l, store.get(), 0.05, stage, 200 + 10 * i));
+        layers.push_back(MakeWaveLayer(l, store.get(), 0.05, stage,
+                                       200 + 10 * i, f.update_threads));
         layers.back()->fork_tail = !f.serial_tail;
       }
       for (auto& w : layers) {

@@ -52,7 +52,7 @@ Layout MakeLayout(int64_t context, int rows, uint64_t seed) {
 
 std::unique_ptr<WaveLayer> MakeWaveLayer(const Layout& l, const void* store,
                                          double buffer_fraction, bool stage,
-                                         uint64_t seed) {
+                                         uint64_t seed, int update_threads) {
   auto w = std::make_unique<WaveLayer>();
   w->layout = &l;
   const int rows = l.rows, C = l.clusters, S = l.retrieval;
@@ -124,6 +124,7 @@ std::unique_ptr<WaveLayer> MakeWaveLayer(const Layout& l, const void* store,
     opt.buffer_fraction = buffer_fraction;
     opt.max_selected = S;
     opt.stage_misses = stage;
+    if (update_threads > 0) opt.update_threads = update_threads;
     auto b = cuda::WaveBuffer::Create(opt, std::move(cl));
     CKS(b.status());
     w->buffer = std::move(*b);

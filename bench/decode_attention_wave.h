@@ -158,10 +158,11 @@ struct WaveLayer {
 };
 
 // store: [rows][row_elems] fp16 (device or mapped host). buffer_fraction > 0
-// puts the layer behind a wave buffer (stage: its stage_misses option).
+// puts the layer behind a wave buffer (stage: its stage_misses option;
+// update_threads > 0: its update_threads option).
 std::unique_ptr<WaveLayer> MakeWaveLayer(const Layout& l, const void* store,
                                          double buffer_fraction, bool stage,
-                                         uint64_t seed);
+                                         uint64_t seed, int update_threads = 0);
 
 // Enqueues one layer's step. Without `ev` the tail estimation runs on the
 // layer's tail stream beside the page build and the split attention and is
