@@ -26,6 +26,7 @@
 // Usage: decode_attention [--contexts=32768,...] [--batches=1,4,16]
 //   [--modes=abcde] [--layers=4] [--walks=0.05,0.2] [--iters=30]
 //   [--max_host_gib=34] [--serial_tail=1] [--update_threads=N]
+//   [--async_update=0]
 #include "index/cuda/decode_attention.h"
 
 #include <cuda_runtime.h>
@@ -61,8 +62,12 @@ struct Flags {
   // Run the tail estimation in order with the attention instead of on its
   // own stream (to measure what the overlap gains).
   bool serial_tail = false;
-  int update_threads =
-      0;  // (c): WaveBufferOptions::update_threads, 0 = default
+  // (c): WaveBufferOptions::update_threads, 0 = its default.
+  int update_threads = 0;
+  // (c): each layer's bookkeeping on its buffer's own thread (UpdateAsync),
+  // joined when the layer comes round again; 0: the main thread runs the
+  // previous layer's Update after enqueueing the next layer.
+  bool async_update = true;
 };
 
 Flags ParseFlags(int argc, char** argv) {
@@ -96,6 +101,8 @@ Flags ParseFlags(int argc, char** argv) {
       f.iters = static_cast<int>(ints()[0]);
     } else if (name == "max_host_gib") {
       f.max_host_gib = static_cast<double>(ints()[0]);
+    } else if (name == "async_update") {
+      f.async_update = ints()[0] != 0;
     } else if (name == "update_threads") {
       f.update_threads = static_cast<int>(ints()[0]);
     } else if (name == "serial_tail") {
@@ -314,6 +321,7 @@ void RunHost(const Flags& f, const Layout& l, Row& row, cudaStream_t s,
         WaveLayer& w = *layers[i % f.layers];
         if (i == warm) {
           for (auto& x : layers) {
+            CKS(x->buffer->FinishUpdate());
             hits0 += x->buffer->stats().hits;
             look0 += x->buffer->stats().lookups;
             over0 += x->buffer->stats().overflow_clusters;
@@ -323,15 +331,26 @@ void RunHost(const Flags& f, const Layout& l, Row& row, cudaStream_t s,
         }
         CKI(QueryWalk(const_cast<float*>(w.attn.queries), rows * kGroup, kD,
                       static_cast<float>(walk), 300 + i % f.layers, i, s));
-        CKS(w.buffer->WaitForAdmissions(s));
+        {
+          // Async: joins this layer's bookkeeping of its previous step.
+          auto t0 = std::chrono::steady_clock::now();
+          CKS(w.buffer->WaitForAdmissions(s));
+          if (f.async_update && i > warm) {
+            cpu_s += std::chrono::duration<double>(
+                         std::chrono::steady_clock::now() - t0)
+                         .count();
+          }
+        }
         if (graph) {
           CK(cudaGraphLaunch(w.exec, s));
         } else {
           EnqueueWave(w, s);
         }
         CKS(w.buffer->RecordSelection(w.selected.get<int32_t>(), s));
-        // Bookkeeping of the previous layer overlaps this layer's GPU work.
-        if (i > 0) {
+        if (f.async_update) {
+          CKS(w.buffer->UpdateAsync());
+        } else if (i > 0) {
+          // Bookkeeping of the previous layer overlaps this layer's GPU work.
           auto t0 = std::chrono::steady_clock::now();
           CKS(layers[(i - 1) % f.layers]->buffer->Update());
           if (i > warm) {
@@ -343,7 +362,11 @@ void RunHost(const Flags& f, const Layout& l, Row& row, cudaStream_t s,
       }
       CK(cudaEventRecord(e1, s));
       CK(cudaEventSynchronize(e1));
-      CKS(layers[(warm + meas - 1) % f.layers]->buffer->Update());
+      if (f.async_update) {
+        for (auto& x : layers) CKS(x->buffer->FinishUpdate());
+      } else {
+        CKS(layers[(warm + meas - 1) % f.layers]->buffer->Update());
+      }
       float ms;
       CK(cudaEventElapsedTime(&ms, e0, e1));
       uint64_t hits = 0, look = 0, over = 0;

@@ -91,6 +91,13 @@ WaveBuffer::WaveBuffer(const WaveBufferOptions& options,
     : options_(options), layout_(std::move(layout)), lru_(std::move(lru)) {}
 
 WaveBuffer::~WaveBuffer() {
+  if (async_thread_.joinable()) {
+    {
+      absl::MutexLock lock(&async_mu_);
+      async_stop_ = true;
+    }
+    async_thread_.join();
+  }
   if (copy_stream_ != nullptr) {
     cudaStreamSynchronize(copy_stream_);
     cudaStreamDestroy(copy_stream_);
@@ -262,7 +269,47 @@ absl::Status WaveBuffer::LoadSteady(int row, const void* keys,
   return absl::OkStatus();
 }
 
+absl::Status WaveBuffer::UpdateAsync() {
+  if (absl::Status s = FinishUpdate(); !s.ok()) return s;
+  if (!selection_pending_) {
+    return absl::FailedPreconditionError(
+        "wave buffer: UpdateAsync without a RecordSelection since the last "
+        "Update");
+  }
+  absl::MutexLock lock(&async_mu_);
+  if (!async_thread_.joinable()) {
+    async_thread_ = std::thread([this] { AsyncLoop(); });
+  }
+  async_pending_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status WaveBuffer::FinishUpdate() {
+  absl::MutexLock lock(&async_mu_);
+  async_mu_.Await(absl::Condition(
+      +[](bool* pending) { return !*pending; }, &async_pending_));
+  return std::exchange(async_status_, absl::OkStatus());
+}
+
+void WaveBuffer::AsyncLoop() {
+  absl::MutexLock lock(&async_mu_);
+  while (true) {
+    async_mu_.Await(absl::Condition(
+        +[](WaveBuffer* b) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+          return b->async_pending_ || b->async_stop_;  // Await holds the lock
+        },
+        this));
+    if (async_stop_) return;
+    async_mu_.Unlock();
+    absl::Status s = Update();
+    async_mu_.Lock();
+    async_status_ = std::move(s);
+    async_pending_ = false;
+  }
+}
+
 absl::Status WaveBuffer::WaitForAdmissions(cudaStream_t stream) {
+  if (absl::Status s = FinishUpdate(); !s.ok()) return s;
   WB_CUDA(cudaStreamWaitEvent(stream, admitted_, 0), "cudaStreamWaitEvent");
   return absl::OkStatus();
 }

@@ -27,7 +27,8 @@
 // next WaitForAdmissions.
 //
 // Not thread-safe: one thread drives a buffer (different buffers, e.g. one
-// per layer, are independent).
+// per layer, are independent); UpdateAsync hands one Update to the buffer's
+// own thread under the rules stated there.
 #ifndef WAVEKV_INDEX_CUDA_WAVE_BUFFER_H_
 #define WAVEKV_INDEX_CUDA_WAVE_BUFFER_H_
 
@@ -35,10 +36,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "index/cuda/paged_attention_raw.h"
 #include "index/cuda/wave_buffer_lru.h"
 #include "index/cuda/wave_buffer_raw.h"
@@ -105,7 +108,9 @@ class WaveBuffer {
   absl::Status LoadSteady(int row, const void* keys, const void* values,
                           int num_tokens, cudaStream_t stream);
 
-  // Makes `stream` wait until the admissions of the last Update are in.
+  // Makes `stream` wait until the admissions of the last Update are in
+  // (first waits, on the host, for an UpdateAsync in flight and returns its
+  // error, if any).
   absl::Status WaitForAdmissions(cudaStream_t stream);
   // Enqueues the copy of this step's ranked ids ([rows][max_selected],
   // device) to pinned host memory on `stream`.
@@ -114,6 +119,15 @@ class WaveBuffer {
   // admission copies and table writes on the buffer's own stream.
   // FailedPrecondition if no selection was recorded since the last Update.
   absl::Status Update();
+  // Update on the buffer's own thread (started on first use), so the caller
+  // can enqueue other layers without waiting for this step's ids or
+  // bookkeeping; the next WaitForAdmissions (or FinishUpdate) joins it.
+  // Until then the caller must not call Update, UpdateAsync, RecordSelection
+  // or the stats accessors. FailedPrecondition as Update.
+  absl::Status UpdateAsync();
+  // Waits for an UpdateAsync in flight (none: returns at once) and returns
+  // its status.
+  absl::Status FinishUpdate();
 
   const WaveBufferStats& stats() const { return lru_.stats(); }
   int slots_per_row() const { return lru_.slots_per_row(); }
@@ -170,6 +184,14 @@ class WaveBuffer {
   cudaEvent_t ids_ready_ = nullptr, admitted_ = nullptr;
   bool selection_pending_ = false;
   double bookkeeping_seconds_ = 0;
+
+  // UpdateAsync's thread and its hand-off.
+  void AsyncLoop();
+  absl::Mutex async_mu_;
+  bool async_pending_ ABSL_GUARDED_BY(async_mu_) = false;
+  bool async_stop_ ABSL_GUARDED_BY(async_mu_) = false;
+  absl::Status async_status_ ABSL_GUARDED_BY(async_mu_);
+  std::thread async_thread_;
 };
 
 }  // namespace wavekv::cuda

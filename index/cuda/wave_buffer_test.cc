@@ -30,6 +30,7 @@ struct Case {
   // Update threads (WaveBufferOptions); 1 id per thread: one per row.
   int threads = 8;
   int ids_per_thread = 2048;
+  bool async_update = false;  // UpdateAsync instead of Update
 };
 
 class WaveBufferTest : public ::testing::TestWithParam<Case> {
@@ -161,7 +162,13 @@ TEST_P(WaveBufferTest, StepsMatchCpuAndCountHits) {
     ASSERT_TRUE(LaunchClusterPages(pa, stream).ok());
     ASSERT_TRUE(LaunchPagedAttention(a, stream).ok());
     ASSERT_TRUE(wb.RecordSelection(dsel, stream).ok());
-    ASSERT_TRUE(wb.Update().ok());
+    if (tc.async_update) {
+      ASSERT_TRUE(wb.UpdateAsync().ok());
+      // A second one before the join is refused: no new selection yet.
+      EXPECT_EQ(wb.UpdateAsync().code(), absl::StatusCode::kFailedPrecondition);
+    } else {
+      ASSERT_TRUE(wb.Update().ok());
+    }
     ASSERT_CUDA(cudaStreamSynchronize(stream));
     std::vector<float> got(QH * d);
     ASSERT_CUDA(
@@ -191,6 +198,7 @@ TEST_P(WaveBufferTest, StepsMatchCpuAndCountHits) {
       }
     }
   }
+  ASSERT_TRUE(wb.FinishUpdate().ok());
   std::vector<unsigned long long> dev(2);
   ASSERT_CUDA(cudaMemcpy(dev.data(), counters, 16, cudaMemcpyDeviceToHost));
   const WaveBufferStats& st = wb.stats();
@@ -225,7 +233,10 @@ INSTANTIATE_TEST_SUITE_P(
                       // Rows split 1/1/2 over 3 and
                       // 1/1/1/1 over 4 Update threads.
                       Case{DType::kFp16, 128, 0.2, false, 3, 1},
-                      Case{DType::kBf16, 128, 0.02, true, 4, 1}));
+                      Case{DType::kBf16, 128, 0.02, true, 4, 1},
+                      // Update on the buffer's own thread.
+                      Case{DType::kFp16, 128, 0.2, false, 8, 2048, true},
+                      Case{DType::kBf16, 128, 0.02, true, 4, 1, true}));
 
 TEST(WaveBufferValidation, RejectsBadOptions) {
   WaveBufferOptions opt;
