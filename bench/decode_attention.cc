@@ -26,7 +26,7 @@
 // Usage: decode_attention [--contexts=32768,...] [--batches=1,4,16]
 //   [--modes=abcde] [--layers=4] [--walks=0.05,0.2] [--iters=30]
 //   [--max_host_gib=34] [--serial_tail=1] [--update_threads=N]
-//   [--async_update=0]
+//   [--async_update=1]
 #include "index/cuda/decode_attention.h"
 
 #include <cuda_runtime.h>
@@ -65,9 +65,10 @@ struct Flags {
   // (c): WaveBufferOptions::update_threads, 0 = its default.
   int update_threads = 0;
   // (c): each layer's bookkeeping on its buffer's own thread (UpdateAsync),
-  // joined when the layer comes round again; 0: the main thread runs the
-  // previous layer's Update after enqueueing the next layer.
-  bool async_update = true;
+  // joined when the layer comes round again; false (default, measured
+  // better at batch 1): the main thread runs the previous layer's Update
+  // after enqueueing the next layer.
+  bool async_update = false;
 };
 
 Flags ParseFlags(int argc, char** argv) {
