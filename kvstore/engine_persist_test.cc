@@ -2,6 +2,7 @@
 // durability levels, group commit, close-and-reopen recovery with
 // bit-identical Retrieve answers, corruption detection (a rewritten record,
 // flipped bytes in a blob file), and a full disk on a private tmpfs.
+#include <sched.h>
 #include <sys/mount.h>
 #include <unistd.h>
 
@@ -441,10 +442,30 @@ TEST(EnginePersistTest, FlippedBytesInABlobFileLoseOnlyTheirSession) {
                     "layer 0 chunk 0");
 }
 
-// A tmpfs of `bytes` mounted at `dir` for the test's lifetime.
+// Before main, while the process has one thread (every later thread, RocksDB's
+// included, inherits it): a private mount namespace, so the tmpfs below never
+// shows outside this process and is gone with it even if it is killed before
+// the unmount (a leaked mount in a Bazel sandbox breaks later builds).
+const std::string kPrivateMountsError = [] {
+  if (::geteuid() != 0) return std::string("not root");
+  if (::unshare(CLONE_NEWNS) != 0) {
+    return absl::StrCat("unshare(CLONE_NEWNS): ", std::strerror(errno));
+  }
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+    return absl::StrCat("mount --make-rprivate /: ", std::strerror(errno));
+  }
+  return std::string();
+}();
+
+// A tmpfs of `bytes` mounted at `dir` for the test's lifetime, in the
+// process's private mount namespace.
 class Tmpfs {
  public:
   Tmpfs(const std::string& dir, uint64_t bytes) : dir_(dir) {
+    if (!kPrivateMountsError.empty()) {
+      error_ = kPrivateMountsError;
+      return;
+    }
     mounted_ = ::mount("tmpfs", dir.c_str(), "tmpfs", 0,
                        absl::StrCat("size=", bytes).c_str()) == 0;
     error_ = mounted_ ? "" : std::strerror(errno);
