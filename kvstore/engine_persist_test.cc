@@ -500,6 +500,7 @@ TEST(EnginePersistTest, AFullDiskRefusesAppendsCleanlyUntilSpaceIsFreed) {
   StorageOptions so;
   so.path = dir + "/db";
   so.write_buffer_bytes = 512 << 10;
+  so.min_free_bytes = 256 << 10;  // the default reserve is most of this disk
   EngineOptions o = Options("");
   {
     auto storage = Storage::Open(so);

@@ -343,7 +343,9 @@ TEST(FaultTest, FullDiskFailsAppendsClearlyAndRecoversWhenSpaceIsFreed) {
     absl::SleepFor(absl::Milliseconds(200));
   } while (absl::Now() < deadline);
   ASSERT_TRUE(again.ok()) << "appends still fail 30 s after space was freed: "
-                          << StatusText(again);
+                          << StatusText(again) << "\nserver running: "
+                          << (*server)->Running() << ", stderr:\n"
+                          << (*server)->StderrTail();
   st = AppendTokens(*stub, "", s.id, s.pattern, s.tokens, s.tokens + 256, 128);
   ASSERT_TRUE(st.ok()) << StatusText(st);
   s.tokens += 256;

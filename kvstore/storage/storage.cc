@@ -1,5 +1,7 @@
 #include "kvstore/storage/storage.h"
 
+#include <sys/statvfs.h>
+
 #include <cstdarg>
 #include <cstdio>
 #include <filesystem>
@@ -247,9 +249,30 @@ absl::Status Storage::ResumeIfNeeded() {
   return absl::OkStatus();
 }
 
+absl::Status Storage::CheckFreeSpace(uint64_t bytes) {
+  const uint64_t reserve = options_.min_free_bytes > 0
+                               ? options_.min_free_bytes
+                               : options_.write_buffer_bytes + (1u << 20);
+  struct statvfs st;
+  if (::statvfs(options_.path.c_str(), &st) != 0) return absl::OkStatus();
+  const uint64_t free_bytes = uint64_t{st.f_bavail} * st.f_frsize;
+  if (free_bytes >= reserve + bytes) return absl::OkStatus();
+  write_errors_.fetch_add(1, std::memory_order_relaxed);
+  no_space_errors_.fetch_add(1, std::memory_order_relaxed);
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "storage: no space left on device: ", free_bytes, " bytes free on '",
+      options_.path, "', a write of ", bytes, " bytes must leave ", reserve,
+      " (storage min_free_bytes: room for RocksDB's WAL and flushes)"));
+}
+
 absl::Status Storage::Write(StorageBatch& batch, bool sync) {
   if (batch.empty()) return absl::OkStatus();
   write_ops_.fetch_add(1, std::memory_order_relaxed);
+  // Deletes only free space: always let them through (e.g. CloseSession on
+  // a full disk).
+  if (batch.batch_->HasPut()) {
+    if (absl::Status s = CheckFreeSpace(batch.bytes()); !s.ok()) return s;
+  }
   if (absl::Status s = ResumeIfNeeded(); !s.ok()) return s;
   rocksdb::WriteOptions wo;
   wo.sync = sync;

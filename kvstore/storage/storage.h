@@ -15,7 +15,11 @@
 // "storage: no space left on device (...)"; Corruption (a RocksDB block or
 // blob checksum) and any record that fails its check are DataLoss naming
 // the session, layer and chunk; other I/O errors are Unavailable with
-// RocksDB's message. After a failed write, every later write (and WAL
+// RocksDB's message. A write that would leave less than
+// StorageOptions::min_free_bytes free on the volume is refused up front
+// with the same ResourceExhausted, before RocksDB sees it (batches of
+// deletes only are always let through). After a failed
+// write, every later write (and WAL
 // sync) first tries to resume the database (RocksDB Resume(); for a full
 // disk RocksDB also recovers by itself once space is back) and fails with
 // the first error's code until that succeeds, so writes work again once
@@ -75,6 +79,13 @@ struct StorageOptions {
   // K/V chunk records hold at most this many bytes of K+V (an append or a
   // spilled layer is cut into such records). 4 KiB..256 MiB.
   uint64_t max_chunk_bytes = 4ull << 20;
+  // Free space kept on the database's volume: a write that would leave less
+  // is refused (ResourceExhausted, nothing written), so RocksDB's own
+  // writes (WAL, memtable flushes) do not run out of space. Its recovery
+  // from a full disk is fragile: librocksdb 7.8 (Debian) can abort on an
+  // assertion when a write races a failed WAL write. 0 = one memtable's
+  // flush (write_buffer_bytes) + 1 MiB; the WAL's space is preallocated.
+  uint64_t min_free_bytes = 0;
 
   // InvalidArgument naming the field ("storage.max_chunk_bytes: ...").
   absl::Status Validate() const;
@@ -219,6 +230,9 @@ class Storage {
   absl::Status WriteFailed(const absl::Status& status);
   // Resumes the database after a failed write; OK if nothing failed.
   absl::Status ResumeIfNeeded();
+  // ResourceExhausted if writing `bytes` would leave less than the reserve
+  // free (OK if the volume cannot be queried).
+  absl::Status CheckFreeSpace(uint64_t bytes);
 
   const StorageOptions options_;
   std::shared_ptr<rocksdb::Statistics> statistics_;
