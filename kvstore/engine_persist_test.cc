@@ -2,7 +2,6 @@
 // durability levels, group commit, close-and-reopen recovery with
 // bit-identical Retrieve answers, corruption detection (a rewritten record,
 // flipped bytes in a blob file), and a full disk on a private tmpfs.
-#include <sched.h>
 #include <sys/mount.h>
 #include <unistd.h>
 
@@ -24,6 +23,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "kvstore/engine.h"
+#include "kvstore/private_mounts.h"
 #include "kvstore/storage/record.h"
 #include "kvstore/storage/session_records.h"
 #include "kvstore/storage/storage.h"
@@ -443,19 +443,8 @@ TEST(EnginePersistTest, FlippedBytesInABlobFileLoseOnlyTheirSession) {
 }
 
 // Before main, while the process has one thread (every later thread, RocksDB's
-// included, inherits it): a private mount namespace, so the tmpfs below never
-// shows outside this process and is gone with it even if it is killed before
-// the unmount (a leaked mount in a Bazel sandbox breaks later builds).
-const std::string kPrivateMountsError = [] {
-  if (::geteuid() != 0) return std::string("not root");
-  if (::unshare(CLONE_NEWNS) != 0) {
-    return absl::StrCat("unshare(CLONE_NEWNS): ", std::strerror(errno));
-  }
-  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
-    return absl::StrCat("mount --make-rprivate /: ", std::strerror(errno));
-  }
-  return std::string();
-}();
+// included, must see the tmpfs).
+const std::string kPrivateMountsError = EnterPrivateMountNamespace();
 
 // A tmpfs of `bytes` mounted at `dir` for the test's lifetime, in the
 // process's private mount namespace.

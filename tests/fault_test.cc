@@ -12,7 +12,6 @@
 //    nothing, the server keeps serving what it has, and appends work again
 //    once space is freed; everything acknowledged survives a restart.
 #include <fcntl.h>
-#include <sched.h>
 #include <sys/mount.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -27,6 +26,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "kvstore/private_mounts.h"
 #include "tests/answer_checks.h"
 #include "tests/kv_pattern.h"
 #include "tests/server_process.h"
@@ -211,12 +211,8 @@ TEST(FaultTest, CorruptedFileIsDetectedAndNeverServed) {
 // the calling thread (inherited by the servers it forks). Returns "" or why
 // it is not possible here.
 std::string MountSmallTmpfs(const std::string& dir, uint64_t size_bytes) {
-  if (::geteuid() != 0) return "not root (mounting a tmpfs needs root)";
-  if (::unshare(CLONE_NEWNS) != 0) {
-    return absl::StrCat("unshare(CLONE_NEWNS): ", std::strerror(errno));
-  }
-  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
-    return absl::StrCat("mount --make-rprivate /: ", std::strerror(errno));
+  if (std::string why = EnterPrivateMountNamespace(); !why.empty()) {
+    return why;
   }
   const std::string opts = absl::StrCat("size=", size_bytes);
   if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, opts.c_str()) != 0) {
@@ -343,8 +339,9 @@ TEST(FaultTest, FullDiskFailsAppendsClearlyAndRecoversWhenSpaceIsFreed) {
     absl::SleepFor(absl::Milliseconds(200));
   } while (absl::Now() < deadline);
   ASSERT_TRUE(again.ok()) << "appends still fail 30 s after space was freed: "
-                          << StatusText(again) << "\nserver running: "
-                          << (*server)->Running() << ", stderr:\n"
+                          << StatusText(again)
+                          << "\nserver running: " << (*server)->Running()
+                          << ", stderr:\n"
                           << (*server)->StderrTail();
   st = AppendTokens(*stub, "", s.id, s.pattern, s.tokens, s.tokens + 256, 128);
   ASSERT_TRUE(st.ok()) << StatusText(st);
