@@ -220,14 +220,19 @@ TEST(EnginePersistTest, ConcurrentSyncAppendsShareFsyncs) {
   const uint64_t before = (*engine)->Stats().storage_wal_syncs;
   std::vector<std::thread> threads;
   std::atomic<int> failures{0};
+  // All threads start appending together: without this the first threads
+  // could finish before the last ones exist, leaving nothing to group.
+  std::atomic<bool> go{false};
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
+      while (!go.load()) std::this_thread::yield();
       for (int i = 0; i < kAppends; ++i) {
         auto r = AppendAll(**engine, ids[t], t, i, 1);
         if (!r.ok() || r->durable_tokens != uint64_t(i + 1)) ++failures;
       }
     });
   }
+  go.store(true);
   for (auto& t : threads) t.join();
   EXPECT_EQ(failures.load(), 0);
   const uint64_t syncs = (*engine)->Stats().storage_wal_syncs - before;
